@@ -1,0 +1,156 @@
+"""The REST API handlers: `/jobs` and `/jobs/{id}`, and JSON errors for everything else.
+
+Owns HTTP: parsing and checking parameters, status codes, headers and JSON bodies. Every
+handler is thin: it checks the request, calls the `JobService`, and writes the answer.
+
+Contract (keep it exactly; README "API" shows it with curl):
+- POST /jobs, body empty or a JSON object, optional `Idempotency-Key` (1-200 visible
+  ASCII characters) -> 201 + `Location: /jobs/{id}` + the job; 200 + the same job when
+  the key was used before. The job is durably committed before the answer is sent.
+- GET /jobs?status=pending|resolved|failed&limit=1..1000&cursor=OPAQUE -> 200, a JSON
+  array of jobs, newest first; `Link: <url>; rel="next"` when there is more.
+- GET /jobs/{id} -> 200 the job, or 404.
+- Any error -> {"error": {"code": "...", "message": "..."}} with 400, 404, 405, 413 ...
+
+Threads: IOLoop thread only, like every Tornado handler.
+Must never: import sqlite3, touch the store or the scheduler directly, or send HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+from urllib.parse import urlencode
+
+import tornado.web
+
+from calo.jobs import STATUSES
+from calo.service import JobService
+
+JSON_TYPE = "application/json; charset=utf-8"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+ERROR_CODES = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "body_too_large", 503: "unavailable",
+}
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error answered as JSON with a stable machine-readable `code`."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(status, log_message=message)
+        self.code = code
+        self.message = message
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    """Base for every JSON endpoint: errors are JSON, never HTML or a traceback."""
+
+    def initialize(self, service: JobService) -> None:
+        self.service = service
+
+    def write_json(self, text: str, status: int = 200) -> None:
+        """Send an already-encoded JSON document (lists included: `write()` refuses them)."""
+        self.set_status(status)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(text)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(error, ApiError):
+            code, message = error.code, error.message
+        else:  # Tornado's own errors (405, a bad request line) and unexpected exceptions
+            code = ERROR_CODES.get(status_code, "internal_error" if status_code >= 500 else "error")
+            message = self._reason if status_code < 500 else "internal server error"
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+
+class NotFoundHandler(ApiHandler):
+    """Every route that does not exist."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "not_found", f"no such resource: {self.request.path}")
+
+
+def encode_cursor(num: int) -> str:
+    return base64.urlsafe_b64encode(f"n:{num}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, number = text.partition(":")
+        if kind == "n" and number.isdigit():
+            return int(number)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise ApiError(400, "bad_parameter", "cursor is not valid (use the Link header's URL)")
+
+
+class JobsHandler(ApiHandler):
+    """GET lists jobs page by page; POST creates one."""
+
+    def get(self) -> None:
+        status = self.get_query_argument("status", None)
+        if status is not None and status not in STATUSES:
+            raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(STATUSES)}")
+        limit = self._limit()
+        cursor = self.get_query_argument("cursor", None)
+        before = decode_cursor(cursor) if cursor is not None else None
+        rows = self.service.jobs_page(status, limit + 1, before)  # one more: is there a next page?
+        if len(rows) > limit:
+            rows = rows[:limit]
+            self._link_next(status, limit, rows[-1][0])
+        self.write_json("[" + ",".join(doc for _, doc in rows) + "]")
+
+    def _limit(self) -> int:
+        raw = self.get_query_argument("limit", str(DEFAULT_LIMIT))
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise ApiError(400, "bad_parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        return int(raw)
+
+    def _link_next(self, status: str | None, limit: int, last_num: int) -> None:
+        query = {"status": status} if status else {}
+        query.update(limit=str(limit), cursor=encode_cursor(last_num))
+        url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(query)}"
+        self.set_header("Link", f'<{url}>; rel="next"')
+
+    async def post(self) -> None:
+        self._check_body()
+        key = self.request.headers.get("Idempotency-Key")
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 visible ASCII characters")
+        created = await self.service.create_job(key)
+        job_id = json.loads(created.job_json)["id"]
+        self.set_header("Location", f"/jobs/{job_id}")
+        self.write_json(created.job_json, 201 if created.created else 200)
+
+    def _check_body(self) -> None:
+        body = self.request.body.strip()
+        if not body:
+            return
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise ApiError(400, "bad_json", "the body must be a JSON object, like {}")
+
+
+class JobHandler(ApiHandler):
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # An id that is not UTF-8 names no job: that is a 404, not Tornado's 400.
+        return value.decode("utf-8", errors="replace")
+
+    def get(self, job_id: str) -> None:
+        doc = self.service.job_json(job_id)
+        if doc is None:
+            raise ApiError(404, "job_not_found", "no job with this id")
+        self.write_json(doc)

@@ -1,0 +1,132 @@
+"""Wiring, in one place: the route table, and the parts built from `Settings`.
+
+Owns which part talks to which, and the order they start and stop in:
+start: database (lock, migrate) -> writer thread -> IOLoop reader -> scheduler (recovery)
+-> JSON exporter; stop: scheduler (grace for in-flight fetches) -> writer (commits what
+is queued) -> exporter (final flush) -> reader -> database lock.
+
+Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread. The one place work
+crosses from another thread to the IOLoop is `_on_commit` (writer thread), which hands
+the events over with `IOLoop.add_callback`.
+Must never: hold logic of its own beyond building and connecting the parts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import sys
+
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from calo.api import JobHandler, JobsHandler, NotFoundHandler
+from calo.config import Settings
+from calo.export import JsonExporter
+from calo.live import EventsSocket, Hub
+from calo.pages import IndexHandler
+from calo.scheduler import Scheduler
+from calo.service import JobService
+from calo.store import Database, Event
+from calo.throttle import UpstreamGate
+from calo.unsplash import DemoSource, UnsplashSource
+
+log = logging.getLogger("calo")
+
+WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
+SHUTDOWN_GRACE_SECONDS = 10
+
+
+def find_web_root() -> str:
+    """The directory holding `static/` and `templates/`: the source tree when run from
+    it, else where `setup.py` installed them (`<prefix>/share/calo`)."""
+    candidates = (
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        os.path.join(sys.prefix, "share", "calo"),
+    )
+    for root in candidates:
+        if os.path.isfile(os.path.join(root, "templates", "index.html")):
+            return root
+    return candidates[0]
+
+
+def make_app(service: JobService, hub: Hub, web_root: str) -> tornado.web.Application:
+    """The route table: every URL Calo Jobs answers."""
+    api = {"service": service}
+    routes = [
+        (r"/", IndexHandler),
+        (r"/jobs", JobsHandler, api),
+        (r"/jobs/([^/]+)", JobHandler, api),
+        (r"/ws", EventsSocket, {"service": service, "hub": hub}),
+    ]
+    return tornado.web.Application(
+        routes,
+        static_path=os.path.join(web_root, "static"),
+        template_path=os.path.join(web_root, "templates"),
+        default_handler_class=NotFoundHandler,
+        default_handler_args=api,
+        websocket_ping_interval=WEBSOCKET_PING_SECONDS,
+        websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
+    )
+
+
+def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
+    if settings.unsplash_access_key:
+        return UnsplashSource(settings.unsplash_api_url, settings.unsplash_access_key)
+    return DemoSource(os.path.join(web_root, "static"))
+
+
+class Calo:
+    """The running service: every part, built from settings and wired together."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.web_root = find_web_root()
+        self.source = make_source(settings, self.web_root)
+        self.hub = Hub()
+        self._loop = IOLoop.current()
+        self.database: Database | None = None
+
+    def start(self) -> tornado.web.Application:
+        """Open the data dir and start every part; returns the web application.
+        Raises StoreError (one line) if the data dir or database is unusable."""
+        settings = self.settings
+        self.database = Database(settings.data_dir)
+        self.exporter = JsonExporter(self.database)
+        self.writer = self.database.writer(self._on_commit)
+        self.writer.start()
+        self.reader = self.database.reader()
+        self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
+        self.scheduler = Scheduler(
+            source=self.source, writer=self.writer, pool=self.pool,
+            gate=UpstreamGate(settings.workers), batch=settings.unsplash_batch,
+            max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
+        )
+        self.service = JobService(
+            reader=self.reader, writer=self.writer, scheduler=self.scheduler,
+            delays=(settings.delay_min, settings.delay_max, settings.delay_step),
+        )
+        pending = self.reader.pending_due()
+        overdue = self.scheduler.start(pending)
+        log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
+        self.exporter.start()
+        return make_app(self.service, self.hub, self.web_root)
+
+    def _on_commit(self, events: list[Event]) -> None:
+        """Writer thread: hand the committed events to the IOLoop and the exporter."""
+        self._loop.add_callback(self.hub.publish, events)
+        self.exporter.mark_changed()
+
+    async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Finish in-flight fetches (up to the grace period), commit, flush, close."""
+        if self.database is None:
+            return
+        await self.scheduler.stop(grace_seconds)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.writer.stop()
+        self.hub.close_all()
+        self.exporter.stop()
+        self.reader.close()
+        self.database.close()
+        self.database = None

@@ -1,0 +1,89 @@
+"""The entry point of `python server.py` and `calo-server`: parse, build, listen, stop.
+
+Owns the process: settings from flags and environment, logging, the listening socket,
+signals, and exit codes (0 after a clean stop; 2 for a bad setting; 1 when the data dir
+or the port cannot be used). Every failure a user can cause is one clear line on stderr,
+never a traceback.
+
+Threads: runs the IOLoop on the main thread. Signal handlers only set a flag (an
+asyncio.Event); the shutdown itself runs as ordinary IOLoop code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from calo.app import Calo
+from calo.config import ConfigError, Settings, help_text, parse_settings
+from calo.logs import configure_logging
+from calo.store import StoreError
+
+log = logging.getLogger("calo")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line for the operator."""
+
+
+def _listen(server: HTTPServer, settings: Settings) -> int:
+    try:
+        sockets = bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    server.add_sockets(sockets)
+    return sockets[0].getsockname()[1]
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    calo = Calo(settings)
+    if not settings.unsplash_access_key:
+        log.warning("no Unsplash access key (CALO_UNSPLASH_ACCESS_KEY): jobs get bundled demo images")
+    try:
+        app = calo.start()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    server = HTTPServer(app)
+    try:
+        port = _listen(server, settings)
+        log.info(
+            "ready url=http://%s:%d data_dir=%s images=%s workers=%d",
+            settings.host, port, settings.data_dir, calo.source.describe(), settings.workers,
+        )
+        await stop_requested.wait()
+        log.info("stopping: no new connections, finishing in-flight work")
+    finally:
+        server.stop()
+        await calo.stop()
+        await server.close_all_connections()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
+    try:
+        settings = parse_settings(argv)
+    except ConfigError as exc:
+        print(f"calo-server: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging()
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

@@ -1,0 +1,179 @@
+"""Configuration: every setting, its flag, its environment variable, its default and its help.
+
+Owns turning `argv` and the environment into one frozen `Settings` value. The table
+`SETTINGS` is the single place a setting is declared; `--help`, the README table and the
+tests all read from it. A flag wins over its environment variable, which wins over the
+default. A bad value raises `ConfigError` with one line that names the setting.
+
+Must never: start anything, touch the network, or be read from deep inside the package
+(settings are passed down as plain values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message is one line naming the setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str  # attribute on Settings
+    flag: str | None  # None: environment only (secrets never go on a command line)
+    env: tuple[str, ...]  # first one set wins
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number of seconds, 0 or more")
+    return value
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "--host", ("CALO_HOST",), _text, "127.0.0.1", "address to listen on"),
+    Setting("port", "--port", ("CALO_PORT",), _port, 8888, "TCP port to listen on (0: any free port)"),
+    Setting("data_dir", "--data-dir", ("CALO_DATA_DIR",), _text, "./data",
+            "directory for calo.db and the jobs.json export"),
+    Setting("workers", "--workers", ("CALO_WORKERS",), _positive_int, 8,
+            "threads in the pool that calls Unsplash"),
+    Setting("delay_min", "--delay-min", ("CALO_DELAY_MIN",), _seconds, 5.0,
+            "shortest job delay, seconds"),
+    Setting("delay_max", "--delay-max", ("CALO_DELAY_MAX",), _seconds, 300.0,
+            "longest job delay, seconds"),
+    Setting("delay_step", "--delay-step", ("CALO_DELAY_STEP",), _seconds, 5.0,
+            "delays are drawn from min, min+step, ..., max"),
+    Setting("event_retention", "--event-retention", ("CALO_EVENT_RETENTION",), _seconds,
+            7 * 24 * 3600.0, "seconds of job events kept for WebSocket replay"),
+    Setting("unsplash_batch", "--unsplash-batch", ("CALO_UNSPLASH_BATCH",), _positive_int, 30,
+            "photos fetched per Unsplash request (1..30; 1 disables batching)"),
+    Setting("max_attempts", "--max-attempts", ("CALO_MAX_ATTEMPTS",), _positive_int, 6,
+            "upstream tries per job before it fails (timeouts, refused connections, 5xx)"),
+    Setting("retry_window", "--retry-window", ("CALO_RETRY_WINDOW",), _seconds, 600.0,
+            "seconds after a job is due during which failed fetches are retried"),
+    Setting("unsplash_access_key", None, ("CALO_UNSPLASH_ACCESS_KEY", "UNSPLASH_ACCESS_KEY"),
+            _optional_text, None, "Unsplash access key; without one, bundled demo images are used"),
+    Setting("unsplash_api_url", None, ("CALO_UNSPLASH_API_URL",), _url,
+            "https://api.unsplash.com", "Unsplash API base URL"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The parsed settings; defaults live in `SETTINGS`, not here."""
+
+    host: str
+    port: int
+    data_dir: str
+    workers: int
+    delay_min: float
+    delay_max: float
+    delay_step: float
+    event_retention: float
+    unsplash_batch: int
+    max_attempts: int
+    retry_window: float
+    unsplash_access_key: str | None = dataclasses.field(repr=False)
+    unsplash_api_url: str
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage and exit 2
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    epilog = "environment: " + ", ".join(
+        f"{'/'.join(s.env)} ({s.help})" for s in SETTINGS if s.flag is None
+    )
+    parser = _OneLineParser(prog="calo-server", description="Calo Jobs server.", epilog=epilog)
+    for setting in SETTINGS:
+        if setting.flag:
+            env_names = "/".join(setting.env)
+            parser.add_argument(
+                setting.flag, dest=setting.name, metavar="VALUE",
+                help=f"{setting.help} (env {env_names}; default {setting.default})",
+            )
+    return parser
+
+
+def _raw_value(setting: Setting, flags: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    from_flag = getattr(flags, setting.name, None)
+    if from_flag is not None:
+        return from_flag
+    return next((environ[name] for name in setting.env if name in environ), None)
+
+
+def _check_together(settings: Settings) -> None:
+    if settings.delay_min > settings.delay_max:
+        raise ConfigError(
+            f"--delay-min ({settings.delay_min:g}) must not be greater than "
+            f"--delay-max ({settings.delay_max:g})"
+        )
+    if settings.delay_step <= 0:
+        raise ConfigError("--delay-step must be greater than 0")
+    if settings.unsplash_batch > 30:
+        raise ConfigError("--unsplash-batch must be between 1 and 30 (Unsplash's maximum)")
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from command-line flags and the environment. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    flags = _parser().parse_args(list(argv))
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    for setting in SETTINGS:
+        raw = _raw_value(setting, flags, environ)
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            where = setting.flag or setting.env[0]
+            reason = str(exc) if "must" in str(exc) else "is not a valid value"
+            shown = "(hidden)" if "key" in setting.name else repr(raw)
+            raise ConfigError(f"{where} {reason}: {shown}") from None
+    settings = Settings(**values)
+    _check_together(settings)
+    return settings
+
+
+def help_text() -> str:
+    return _parser().format_help()

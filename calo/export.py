@@ -1,0 +1,115 @@
+"""The JSON export: `jobs.json` in the data dir mirrors every job in the database.
+
+Owns that one file. It is always a complete, valid JSON document: each export is written
+to a temporary file in the same directory, fsynced, and renamed over the old one. It
+runs on its own thread with its own read connection, at most once per `interval`, and
+only after something changed, so it trails the database by about `interval` plus the
+time one export takes.
+
+Format: {"format": "calo-jobs-export", "version": 1, "exported_at": ISO time,
+"jobs": [job, ...]} with jobs oldest first, each exactly as `GET /jobs/{id}` shows it.
+
+Threads: `mark_changed` and `stop` are safe from any thread; the export runs on its own.
+Must never: run on the IOLoop thread, or leave a torn or half-written `jobs.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+
+from calo.jobs import iso_utc, now_ms
+from calo.store import Database
+
+log = logging.getLogger("calo.export")
+
+EXPORT_FILE = "jobs.json"
+FORMAT = "calo-jobs-export"
+
+
+def write_atomically(path: str, write_body) -> None:
+    """Write a file so that readers see the old or the new one, never a mix."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp_path = tempfile.mkstemp(prefix=".jobs-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 20) as file:
+            write_body(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        os.unlink(temp_path)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+class JsonExporter:
+    def __init__(self, database: Database, interval: float = 1.0):
+        self.path = os.path.join(database.data_dir, EXPORT_FILE)
+        self._database = database
+        self._interval = interval
+        self._changed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="calo-export", daemon=True)
+        self.last_duration: float | None = None
+        self.last_count = 0
+
+    def start(self) -> None:
+        self._changed.set()  # one export at start-up, so the file exists and is current
+        self._thread.start()
+
+    def mark_changed(self) -> None:
+        """Something was committed; export soon. Safe from any thread."""
+        self._changed.set()
+
+    def stop(self) -> None:
+        """Write a final export if anything changed since the last, then end the thread."""
+        self._stopping.set()
+        self._changed.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        reader = self._database.reader()
+        try:
+            while True:
+                self._changed.wait()
+                self._changed.clear()
+                self._export_logged(reader)
+                if self._stopping.is_set():
+                    if self._changed.is_set():
+                        self._export_logged(reader)
+                    return
+                self._stopping.wait(self._interval)  # at most one export per interval
+        finally:
+            reader.close()
+
+    def _export_logged(self, reader) -> None:
+        started = now_ms()
+        try:
+            self.last_count = self.export(reader)
+        except OSError as exc:  # e.g. a full disk: keep serving, try again on the next change
+            log.error("JSON export to %s failed: %s", self.path, exc)
+            return
+        self.last_duration = (now_ms() - started) / 1000
+
+    def export(self, reader) -> int:
+        """Write every job to `jobs.json`; returns how many."""
+        count = 0
+
+        def body(file) -> None:
+            nonlocal count
+            file.write(f'{{"format":"{FORMAT}","version":1,"exported_at":"{iso_utc(now_ms())}","jobs":[')
+            for doc in reader.iter_job_docs():
+                file.write(",\n" if count else "\n")
+                file.write(doc)
+                count += 1
+            file.write("\n]}\n")
+
+        write_atomically(self.path, body)
+        return count

@@ -1,0 +1,160 @@
+"""The job: its states, its public JSON document, and how a new one is drawn.
+
+Owns the shape of a job as the API, the event log and the JSON export show it. A job is
+kept as one JSON document (`Job.to_doc`); the store indexes a few of its fields.
+
+Must never: do I/O, know about threads, SQLite or Tornado. Everything here is plain data
+and pure functions, safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import random
+import secrets
+from typing import Any
+
+PENDING = "pending"
+RESOLVED = "resolved"
+FAILED = "failed"
+STATUSES = (PENDING, RESOLVED, FAILED)
+
+# Event types, one per kind of change; the event log and the WebSocket use these names.
+CREATED = "job.created"
+EVENT_FOR_STATUS = {RESOLVED: "job.resolved", FAILED: "job.failed"}
+UPDATED = "job.updated"
+
+
+def now_ms() -> int:
+    """Wall-clock time in integer milliseconds since the epoch (UTC)."""
+    return int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
+
+
+def iso_utc(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC with a `Z` suffix, or None."""
+    if ms is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_iso_utc(text: str | None) -> int | None:
+    """Inverse of `iso_utc`."""
+    if text is None:
+        return None
+    moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return int(moment.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000 + 0.5)
+
+
+def new_job_id() -> str:
+    """A random, URL-safe, unguessable job id."""
+    return secrets.token_hex(8)
+
+
+def draw_delay(minimum: float, maximum: float, step: float, rng: random.Random) -> float:
+    """A delay drawn uniformly from {minimum, minimum + step, ..., maximum}."""
+    choices = int((maximum - minimum) / step + 1e-9)
+    return round(minimum + step * rng.randint(0, choices), 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one upstream attempt did to one pending job: plain data, made on the IOLoop
+    thread and applied by the store's writer thread to the job as it is in the database."""
+
+    job_id: str
+    at: int
+    image: dict[str, Any] | None = None
+    error_code: str | None = None
+    error_message: str = ""
+    final: bool = True  # for an error: False keeps the job pending, to be tried again
+    max_attempts: int | None = None  # for a non-final error: fail once this many were made
+
+
+@dataclasses.dataclass
+class Job:
+    """One job. Times are integer milliseconds since the epoch (UTC)."""
+
+    id: str
+    status: str
+    created_at: int
+    due_at: int
+    delay_seconds: float
+    attempts: int = 0
+    resolved_at: int | None = None
+    result: str | None = None
+    error: dict[str, str] | None = None
+    image: dict[str, Any] | None = None
+
+    @classmethod
+    def new(cls, delay_seconds: float, created_at: int) -> Job:
+        due_at = created_at + int(round(delay_seconds * 1000))
+        return cls(new_job_id(), PENDING, created_at, due_at, delay_seconds)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The public JSON object, exactly as `GET /jobs/{id}` returns it."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "result": self.result,
+            "created_at": iso_utc(self.created_at),
+            "due_at": iso_utc(self.due_at),
+            "resolved_at": iso_utc(self.resolved_at),
+            "delay_seconds": self.delay_seconds,
+            "attempts": self.attempts,
+            "error": self.error,
+            "image": self.image,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_doc(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        doc = json.loads(text)
+        return cls(
+            id=doc["id"],
+            status=doc["status"],
+            created_at=parse_iso_utc(doc["created_at"]),
+            due_at=parse_iso_utc(doc["due_at"]),
+            delay_seconds=doc["delay_seconds"],
+            attempts=doc["attempts"],
+            resolved_at=parse_iso_utc(doc["resolved_at"]),
+            result=doc["result"],
+            error=doc["error"],
+            image=doc["image"],
+        )
+
+    def apply(self, outcome: Outcome) -> str:
+        """Apply what an upstream attempt did; returns the event type of the change."""
+        code, message = outcome.error_code or "failed", outcome.error_message
+        out_of_tries = outcome.max_attempts is not None and self.attempts + 1 >= outcome.max_attempts
+        if outcome.image is not None:
+            self.resolve(outcome.image, outcome.at)
+        elif outcome.final or out_of_tries:
+            self.fail(code, message, outcome.at)
+        else:
+            self.record_failed_attempt(code, message)
+        return EVENT_FOR_STATUS.get(self.status, UPDATED)
+
+    def resolve(self, image: dict[str, Any], at: int) -> None:
+        self.attempts += 1
+        self.status = RESOLVED
+        self.image = image
+        self.result = image["url"]
+        self.resolved_at = at
+        self.error = None
+
+    def fail(self, code: str, message: str, at: int) -> None:
+        """The last attempt failed and will not be retried."""
+        self.attempts += 1
+        self.status = FAILED
+        self.error = {"code": code, "message": message}
+        self.resolved_at = at
+
+    def record_failed_attempt(self, code: str, message: str) -> None:
+        """A try that did not work but will be retried: the job stays pending."""
+        self.attempts += 1
+        self.error = {"code": code, "message": message}

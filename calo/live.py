@@ -1,0 +1,153 @@
+"""The live feed: the `/ws` WebSocket and the hub that fans committed events out to it.
+
+Owns the WebSocket protocol (README "Live updates"):
+- first {"type": "hello", "seq": latest}; then, with `?since=N`, every retained event
+  with seq > N in order, then live events, with no gap and no duplicate in between;
+- {"type": "reset", "seq": latest} instead of a replay when events after N were pruned;
+- an event is {"type": "job.created" | "job.resolved" | ..., "seq": N, "job": {...}};
+  several events may come as one JSON array, in seq order.
+
+How replay meets live without a gap: a socket registers with the hub BEFORE it reads the
+backlog. While it replays it ignores live events (they are committed before they are
+published, so its next read of the log finds them); the last read and the switch to
+live happen in one IOLoop callback, and from then on only events with a seq above the
+socket's cursor are sent.
+
+Threads: IOLoop thread only. The writer thread reaches `Hub.publish` only through
+`IOLoop.add_callback`. Reads of the event log go through the JobService's reader.
+Must never: let one slow client slow the others or grow memory without bound (past
+`MAX_BUFFERED_BYTES` unsent, the client is cut off and will reconnect and replay).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import tornado.iostream
+import tornado.web
+import tornado.websocket
+
+from calo.service import JobService
+from calo.store import Event
+
+log = logging.getLogger("calo.live")
+
+REPLAY_CHUNK = 500  # events read and sent per step of a replay
+MAX_BUFFERED_BYTES = 4 << 20  # per client: sent to Tornado but not yet on the wire
+
+
+def encode_event(event: Event) -> str:
+    """One event's message text; built once and shared by every client."""
+    return f'{{"type":{json.dumps(event.type)},"seq":{event.seq},"job":{event.job_json}}}'
+
+
+def encode_events(encoded: list[str]) -> str:
+    return encoded[0] if len(encoded) == 1 else "[" + ",".join(encoded) + "]"
+
+
+class Hub:
+    """The connected sockets. IOLoop thread only."""
+
+    def __init__(self) -> None:
+        self._sockets: set[EventsSocket] = set()
+        self.events_sent = 0
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def add(self, socket: EventsSocket) -> None:
+        self._sockets.add(socket)
+
+    def remove(self, socket: EventsSocket) -> None:
+        self._sockets.discard(socket)
+
+    def publish(self, events: list[Event]) -> None:
+        """Send committed events (in seq order) to every live socket."""
+        encoded = [encode_event(event) for event in events]
+        for socket in list(self._sockets):  # a send may drop a socket from the set
+            self.events_sent += socket.deliver(events, encoded)
+
+    def close_all(self) -> None:
+        for socket in list(self._sockets):
+            socket.close(1001, "server shutting down")
+
+
+class EventsSocket(tornado.websocket.WebSocketHandler):
+    def initialize(self, service: JobService, hub: Hub) -> None:
+        self.service = service
+        self.hub = hub
+        self.cursor = 0  # highest seq this client has been sent (or told about)
+        self.replaying = False
+        self.buffered_bytes = 0
+
+    def prepare(self) -> None:
+        since = self.get_query_argument("since", None)
+        if since is not None and not since.isdigit():
+            raise tornado.web.HTTPError(400, reason="since must be a whole number")
+        self.since = int(since) if since is not None else None
+
+    async def open(self) -> None:
+        self.hub.add(self)
+        latest = self.service.latest_seq()
+        self.cursor = latest
+        self._send('{"type":"hello","seq":%d}' % latest)
+        if self.since is None or self.since == latest:
+            return
+        if not self.service.replay_start(self.since):
+            self._send('{"type":"reset","seq":%d}' % latest)
+            return
+        self.cursor, self.replaying = self.since, True
+        await self._replay()
+
+    async def _replay(self) -> None:
+        while self.ws_connection is not None:
+            events = self.service.events_after(self.cursor, REPLAY_CHUNK)
+            if events:
+                sent = self._send(encode_events([encode_event(e) for e in events]))
+                self.cursor = events[-1].seq
+            if len(events) < REPLAY_CHUNK:
+                self.replaying = False  # same callback as the last read: no gap
+                return
+            if sent is None:
+                return
+            try:
+                await sent  # pace the replay by the client's reading speed
+            except (tornado.iostream.StreamClosedError, tornado.websocket.WebSocketClosedError):
+                return
+
+    def deliver(self, events: list[Event], encoded: list[str]) -> int:
+        """Send the events this client has not had; returns how many were sent."""
+        if self.replaying:
+            return 0
+        fresh = [text for event, text in zip(events, encoded) if event.seq > self.cursor]
+        if not fresh:
+            return 0
+        self.cursor = events[-1].seq
+        self._send(encode_events(fresh))
+        return len(fresh)
+
+    def _send(self, text: str) -> Any:
+        """Queue a message; cut the client off if it has stopped reading."""
+        if self.buffered_bytes + len(text) > MAX_BUFFERED_BYTES:
+            log.warning("closing a WebSocket client that stopped reading (%d bytes unsent)", self.buffered_bytes)
+            self.hub.remove(self)
+            self.close(1013, "too far behind: reconnect with since=")
+            return None
+        try:
+            sent = self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            self.hub.remove(self)  # it can die without on_close reaching us first
+            return None
+        self.buffered_bytes += len(text)
+        sent.add_done_callback(lambda future: self._sent(len(text), future))
+        return sent
+
+    def _sent(self, size: int, future: Any) -> None:
+        self.buffered_bytes -= size
+        if not future.cancelled():
+            future.exception()  # a closed stream is handled by on_close; mark it seen
+
+    def on_close(self) -> None:
+        self.hub.remove(self)

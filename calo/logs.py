@@ -1,0 +1,37 @@
+"""Logging: one line per event on stderr, as key=value pairs (logfmt) with a timestamp.
+
+Owns the log format. Must never: log a secret (the Unsplash key is never passed to a
+logger: `Settings` hides it from its repr, and the client never puts it in a message).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from calo.jobs import iso_utc
+
+
+def _quote(value: str) -> str:
+    if value and not any(c in value for c in ' "=\n\t'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"ts={iso_utc(int(record.created * 1000))} level={record.levelname.lower()} "
+            f"logger={record.name} msg={_quote(record.getMessage())}"
+        )
+        if record.exc_info:
+            line += f" exc={_quote(self.formatException(record.exc_info))}"
+        return line
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

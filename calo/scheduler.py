@@ -1,0 +1,216 @@
+"""Due-time scheduling: every pending job gets its photo at its due time, whatever the load.
+
+Owns the in-memory schedule of pending jobs and the dispatch of upstream fetches to the
+bounded worker pool. Pending jobs wait in a heap ordered by due time with ONE timer, for
+the earliest; nothing waits in a thread. Due jobs move to the `ready` line and take
+photos from a small in-memory stock of spare photos; when the stock is empty one fetch
+of `batch` photos is started on the pool, at most `workers` at once and fewer while the
+upstream is failing (see `calo.throttle`). What an attempt did to a job is an `Outcome`
+handed to the store's writer, which applies it only to a job still pending, so a job
+never resolves twice. The database, not this schedule, is the truth: after a crash the
+schedule is rebuilt from the pending jobs in the store.
+
+Threads: every method runs on the IOLoop thread. The only code that runs elsewhere is
+`source.fetch`, sent to the pool with `run_in_executor`; results come back through
+`IOLoop.add_future`, which calls back on the IOLoop thread.
+
+Must never: block, sleep, touch SQLite directly, or submit more than `workers` fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import functools
+import heapq
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tornado.ioloop import IOLoop
+
+from calo.jobs import PENDING, Outcome, now_ms
+from calo.store import StoreError, Writer
+from calo.throttle import UpstreamGate
+from calo.unsplash import RateLimited, TransientError, UpstreamError
+
+log = logging.getLogger("calo.scheduler")
+
+STORE_RETRY_MS = 5000  # a job whose outcome could not be written is tried again this much later
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        source: Any,
+        writer: Writer,
+        pool: concurrent.futures.Executor,
+        gate: UpstreamGate,
+        batch: int,
+        max_attempts: int,
+        retry_window_ms: int,
+        clock: Callable[[], int] = now_ms,
+    ):
+        self._source = source
+        self._writer = writer
+        self._pool = pool
+        self._gate = gate
+        self._batch = batch
+        self._max_attempts = max_attempts
+        self._retry_window_ms = retry_window_ms
+        self._clock = clock
+        self._loop = IOLoop.current()
+        self._heap: list[tuple[int, str]] = []  # (due_at, job id), not yet due
+        self._ready: collections.deque[tuple[int, str]] = collections.deque()  # due, no photo yet
+        self._spares: collections.deque[dict[str, Any]] = collections.deque()  # fetched, unused
+        self._in_flight = 0
+        self._timer: object | None = None
+        self._timer_at: int | None = None
+        self._stopping = False
+        self._idle: list[Callable[[], None]] = []
+
+    # -- public: IOLoop thread only -------------------------------------------------------
+
+    def start(self, pending: Iterable[tuple[int, str]]) -> int:
+        """Schedule the pending jobs found at start-up; returns how many are overdue."""
+        self._heap = list(pending)
+        heapq.heapify(self._heap)
+        now = self._clock()
+        overdue = sum(1 for due_at, _ in self._heap if due_at <= now)
+        self._on_timer()
+        return overdue
+
+    def add(self, job_id: str, due_at: int) -> None:
+        """Schedule a job that was just committed as pending."""
+        heapq.heappush(self._heap, (due_at, job_id))
+        if self._timer_at is None or due_at < self._timer_at:
+            self._arm_timer()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "scheduled": len(self._heap), "ready": len(self._ready),
+            "fetches_in_flight": self._in_flight, "spare_photos": len(self._spares),
+        }
+
+    def next_due_at(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    async def stop(self, grace_seconds: float) -> bool:
+        """Start no more fetches; wait up to `grace_seconds` for the running ones to
+        finish and hand their outcomes to the writer. True if none was left running."""
+        self._stopping = True
+        self._cancel_timer()
+        if self._in_flight:
+            done = self._loop.asyncio_loop.create_future()
+            self._idle.append(lambda: done.done() or done.set_result(None))
+            try:
+                await asyncio.wait_for(done, grace_seconds)
+            except TimeoutError:
+                log.warning("shutdown: %d upstream fetches still running", self._in_flight)
+        return self._in_flight == 0
+
+    # -- the timer and the pump ------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = self._clock()
+        while self._heap and self._heap[0][0] <= now:
+            self._ready.append(heapq.heappop(self._heap))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Give due jobs spare photos, start fetches for the rest, re-arm the timer."""
+        if self._stopping:
+            return
+        now = self._clock()
+        while self._ready and self._spares:
+            due_at, job_id = self._ready.popleft()
+            self._settle(Outcome(job_id, now, image=self._spares.popleft()), due_at)
+        while self._ready and self._gate.allowed_now(now, self._in_flight):
+            claimed = [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
+            self._start_fetch(claimed)
+        self._arm_timer()
+
+    def _next_wake(self) -> int | None:
+        wake = self._heap[0][0] if self._heap else None
+        if self._ready and self._gate.open_at > self._clock():
+            wake = self._gate.open_at if wake is None else min(wake, self._gate.open_at)
+        return wake
+
+    def _arm_timer(self) -> None:
+        wake = self._next_wake()
+        if wake == self._timer_at:
+            return
+        self._cancel_timer()
+        if wake is not None and not self._stopping:
+            self._timer_at = wake
+            delay = max(0, wake - self._clock()) / 1000
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._loop.remove_timeout(self._timer)
+        self._timer = self._timer_at = None
+
+    # -- fetches ---------------------------------------------------------------------------
+
+    def _start_fetch(self, claimed: list[tuple[int, str]]) -> None:
+        self._in_flight += 1
+        future = self._loop.run_in_executor(self._pool, self._source.fetch, self._batch)
+        self._loop.add_future(future, functools.partial(self._fetch_done, claimed))
+
+    def _fetch_done(self, claimed: list[tuple[int, str]], future: Any) -> None:
+        self._in_flight -= 1
+        now = self._clock()
+        try:
+            fetched = future.result()
+        except UpstreamError as exc:
+            self._fetch_failed(claimed, exc, now)
+        except Exception as exc:  # a bug in a source must not stall the schedule
+            log.exception("upstream fetch raised")
+            self._fetch_failed(claimed, TransientError(f"unexpected error: {type(exc).__name__}"), now)
+        else:
+            self._gate.succeeded(fetched.rate_limit, fetched.rate_remaining, now)
+            self._spares.extend(fetched.images)
+            self._ready.extendleft(reversed(claimed))  # first in line for the new photos
+        if self._in_flight == 0:
+            for notify in self._idle:
+                notify()
+        self._pump()
+
+    def _fetch_failed(self, claimed: list[tuple[int, str]], exc: UpstreamError, now: int) -> None:
+        rate_limited = isinstance(exc, RateLimited)
+        if rate_limited:
+            self._gate.rate_limited(now)
+        elif exc.retryable:
+            self._gate.failed(now)
+        log.warning("upstream fetch failed (%s): %s; %d jobs affected", exc.code, exc, len(claimed))
+        for due_at, job_id in claimed:
+            # A rate limit alone never fails a job; other errors have a cap on tries and time.
+            too_late = now - due_at > self._retry_window_ms
+            outcome = Outcome(
+                job_id, now, error_code=exc.code, error_message=str(exc),
+                final=not exc.retryable or (too_late and not rate_limited),
+                max_attempts=None if rate_limited else self._max_attempts,
+            )
+            self._settle(outcome, due_at)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _settle(self, outcome: Outcome, due_at: int) -> None:
+        future = self._writer.apply_outcome(outcome)
+        self._loop.add_future(future, functools.partial(self._settled, outcome.job_id, due_at))
+
+    def _settled(self, job_id: str, due_at: int, future: concurrent.futures.Future) -> None:
+        try:
+            status = future.result()
+        except StoreError as exc:
+            log.error("could not record the outcome of job %s: %s; trying it again later", job_id, exc)
+            self.add(job_id, self._clock() + STORE_RETRY_MS)
+            return
+        if status == PENDING:  # a failed try that will be retried once the gate opens
+            self._ready.append((due_at, job_id))
+            self._pump()
+

@@ -1,0 +1,69 @@
+"""The job service: what the web layer may ask of the domain, in one small interface.
+
+Owns creating a job (draw its delay, commit it, schedule it) and the read queries the
+handlers and the WebSocket need. Handlers call this, never the store or the scheduler.
+
+Threads: IOLoop thread only. Reads use the IOLoop's own read connection (indexed, bounded
+queries on a local file: no network, no fsync); writes go to the writer thread and are
+awaited, so the IOLoop never waits on a commit.
+
+Must never: format HTTP responses or know about request handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from calo.jobs import Job, draw_delay, now_ms
+from calo.scheduler import Scheduler
+from calo.store import CreateResult, Event, Reader, Writer
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        reader: Reader,
+        writer: Writer,
+        scheduler: Scheduler,
+        delays: tuple[float, float, float],
+        rng: random.Random | None = None,
+    ):
+        self._reader = reader
+        self._writer = writer
+        self._scheduler = scheduler
+        self._delays = delays
+        self._rng = rng or random.Random()
+
+    async def create_job(self, idempotency_key: str | None) -> CreateResult:
+        """Commit a new pending job durably, then schedule it. With a key used before,
+        return that job instead and create nothing."""
+        delay = draw_delay(*self._delays, self._rng)
+        job = Job.new(delay, now_ms())
+        result = await asyncio.wrap_future(self._writer.create_job(job, idempotency_key))
+        if result.created:
+            self._scheduler.add(job.id, job.due_at)
+        return result
+
+    def job_json(self, job_id: str) -> str | None:
+        return self._reader.job(job_id)
+
+    def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
+        return self._reader.jobs_page(status, limit, before)
+
+    def latest_seq(self) -> int:
+        return self._reader.latest_seq()
+
+    def replay_start(self, since: int) -> bool:
+        """Are all events after `since` still retained (so a replay has no hole)?"""
+        latest = self._reader.latest_seq()
+        oldest = self._reader.oldest_seq()
+        first_kept = latest + 1 if oldest is None else oldest
+        return first_kept - 1 <= since <= latest
+
+    def events_after(self, seq: int, limit: int) -> list[Event]:
+        return self._reader.events_after(seq, limit)
+
+    def counts(self) -> dict[str, int]:
+        return self._reader.count_by_status()

@@ -1,0 +1,401 @@
+"""The SQLite store: the schema and its migrations, reads, and the one writer thread.
+
+Owns every SQL statement in Calo Jobs and the files `calo.db` (plus its WAL) and
+`calo.lock` in the data dir. Jobs are kept as their public JSON document (`jobs.doc`)
+with the fields that are queried (status, due time, idempotency key) as indexed columns.
+Every change of a job appends an event to `events` in the same transaction.
+
+Threads:
+- `Reader` wraps one read-only connection and must be used on the thread that made it
+  (the IOLoop thread has one, the JSON exporter has its own). In WAL mode a reader never
+  waits for the writer; reads are indexed and bounded by a LIMIT.
+- `Writer` owns the only write connection on its own thread. Callers submit operations
+  and get a `concurrent.futures.Future`; operations that arrive together are committed in
+  one transaction (group commit, `synchronous=FULL`). After each commit the events it
+  appended go to the `on_commit` callable, called on the writer thread.
+
+Must never: import Tornado, block its caller on a commit, or let one failing operation
+undo the others of its group.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from calo.jobs import CREATED, PENDING, Job, Outcome, now_ms
+
+DB_FILE = "calo.db"
+LOCK_FILE = "calo.lock"
+BUSY_TIMEOUT_MS = 5000
+MAX_GROUP = 512  # operations committed together at most; bounds one transaction's time
+
+# Each migration (a tuple of statements) runs in the same transaction as the
+# `user_version` bump that records it. Append new ones; never edit a released one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE jobs (
+            num INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order, never reused
+            id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            due_at INTEGER NOT NULL,                 -- ms since the epoch, UTC
+            idempotency_key TEXT UNIQUE,
+            doc TEXT NOT NULL                        -- the job as the API shows it (JSON)
+        )""",
+        "CREATE INDEX jobs_by_status ON jobs(status, num)",
+        "CREATE INDEX jobs_pending_by_due ON jobs(due_at) WHERE status = 'pending'",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- a pruned seq is never reused
+            type TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            job TEXT NOT NULL                        -- the job's document after the change
+        )""",
+        "CREATE INDEX events_by_time ON events(created_at)",
+    ),
+)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message is one line for the operator."""
+
+
+class Event(NamedTuple):
+    seq: int
+    type: str
+    job_id: str
+    job_json: str
+
+
+class CreateResult(NamedTuple):
+    job_json: str
+    created: bool  # False: the idempotency key was used before, this is that job
+
+
+def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode={'ro' if readonly else 'rw'}"
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing opens a
+    # transaction behind our back (and PRAGMA journal_mode runs outside one).
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=True)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = _schema_version(conn)
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{DB_FILE} has schema version {version}, newer than this calo-server knows "
+            f"({len(MIGRATIONS)}); upgrade calo-server"
+        )
+    for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """Hold an exclusive lock on the data dir for as long as the descriptor is open, so
+    two servers never run the same jobs. Returns the lock file descriptor."""
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"data dir {data_dir} is in use by another calo-server") from None
+    return fd
+
+
+def _prepare_data_dir(data_dir: str) -> None:
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"data dir {data_dir} cannot be created: {exc.strerror}") from None
+    if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
+        raise StoreError(f"data dir {data_dir} is not writable by this user")
+
+
+def _create_or_upgrade(path: str) -> None:
+    if not os.path.exists(path):
+        sqlite3.connect(path).close()
+    conn = _connect(path, readonly=False)
+    try:
+        # WAL must be set outside any transaction; it persists in the file.
+        conn.execute("PRAGMA journal_mode = WAL")
+        _migrate(conn)
+    finally:
+        conn.close()
+
+
+class Database:
+    """An open, locked, up-to-date data dir. Make readers and the writer from it."""
+
+    def __init__(self, data_dir: str):
+        _prepare_data_dir(data_dir)
+        self.data_dir = data_dir
+        self.path = os.path.join(data_dir, DB_FILE)
+        self._lock_fd = _lock_data_dir(data_dir)
+        try:
+            _create_or_upgrade(self.path)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
+
+    def reader(self) -> Reader:
+        """A new Reader, to be used only on the calling thread."""
+        return Reader(self.path)
+
+    def writer(self, on_commit: Callable[[list[Event]], None]) -> Writer:
+        return Writer(self.path, on_commit)
+
+    def close(self) -> None:
+        """Release the data-dir lock (close readers and stop the writer first)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class Reader:
+    """Read-only queries. Use only on the thread that created it."""
+
+    def __init__(self, path: str):
+        self._conn = _connect(path, readonly=True)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def job(self, job_id: str) -> str | None:
+        """The job's JSON document, or None."""
+        row = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
+        """Up to `limit` (num, doc) pairs, newest first, with num < `before` if given."""
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if before is not None:
+            where.append("num < ?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT num, doc FROM jobs {clause} ORDER BY num DESC LIMIT ?"
+        return self._conn.execute(sql, (*params, limit)).fetchall()
+
+    def pending_due(self) -> list[tuple[int, str]]:
+        """(due_at, id) of every pending job, earliest first."""
+        sql = "SELECT due_at, id FROM jobs WHERE status = ? ORDER BY due_at"
+        return self._conn.execute(sql, (PENDING,)).fetchall()
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return dict(rows.fetchall())
+
+    def latest_seq(self) -> int:
+        """The highest event seq ever assigned (0 if none), even if since pruned."""
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return row[0] if row else 0
+
+    def oldest_seq(self) -> int | None:
+        return self._conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+
+    def events_after(self, seq: int, limit: int) -> list[Event]:
+        sql = "SELECT seq, type, job_id, job FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        return [Event(*row) for row in self._conn.execute(sql, (seq, limit))]
+
+    def iter_job_docs(self) -> Iterator[str]:
+        """Every job's document, oldest first, from one consistent snapshot."""
+        self._conn.execute("BEGIN")
+        try:
+            for (doc,) in self._conn.execute("SELECT doc FROM jobs ORDER BY num"):
+                yield doc
+        finally:
+            self._conn.execute("COMMIT")
+
+
+# -- writes ------------------------------------------------------------------------------
+
+WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
+
+
+@dataclasses.dataclass
+class _Op:
+    fn: WriteFn
+    future: concurrent.futures.Future
+
+
+def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job) -> None:
+    job_json = job.to_json()
+    cursor = conn.execute(
+        "INSERT INTO events (type, job_id, created_at, job) VALUES (?, ?, ?, ?)",
+        (kind, job.id, now_ms(), job_json),
+    )
+    events.append(Event(cursor.lastrowid, kind, job.id, job_json))
+
+
+def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
+    def write(conn: sqlite3.Connection, events: list[Event]) -> CreateResult:
+        if idempotency_key is not None:
+            row = conn.execute(
+                "SELECT doc FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            if row:
+                return CreateResult(row[0], created=False)
+        conn.execute(
+            "INSERT INTO jobs (id, status, due_at, idempotency_key, doc) VALUES (?, ?, ?, ?, ?)",
+            (job.id, job.status, job.due_at, idempotency_key, job.to_json()),
+        )
+        _append_event(conn, events, CREATED, job)
+        return CreateResult(job.to_json(), created=True)
+
+    return write
+
+
+def _apply_outcome(outcome: Outcome) -> WriteFn:
+    def write(conn: sqlite3.Connection, events: list[Event]) -> str | None:
+        row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (outcome.job_id,)).fetchone()
+        if row is None:
+            return None
+        job = Job.from_json(row[0])
+        if job.status != PENDING:
+            return None  # already settled: a job never resolves twice
+        kind = job.apply(outcome)
+        conn.execute(
+            "UPDATE jobs SET status = ?, doc = ? WHERE id = ?", (job.status, job.to_json(), job.id)
+        )
+        _append_event(conn, events, kind, job)
+        return job.status
+
+    return write
+
+
+def _prune_events(older_than_ms: int) -> WriteFn:
+    def write(conn: sqlite3.Connection, events: list[Event]) -> int:
+        return conn.execute("DELETE FROM events WHERE created_at < ?", (older_than_ms,)).rowcount
+
+    return write
+
+
+_STOP = object()
+
+
+class Writer:
+    """The one write connection, on its own thread, committing in groups."""
+
+    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
+        self._path = path
+        self._on_commit = on_commit
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.result()  # re-raises if the connection could not be opened
+
+    def stop(self) -> None:
+        """Commit what was submitted, then close. Safe to call from any thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    # Each method below is safe to call from any thread and returns at once.
+
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> concurrent.futures.Future:
+        """Future of a CreateResult."""
+        return self._submit(_create_job(job, idempotency_key))
+
+    def apply_outcome(self, outcome: Outcome) -> concurrent.futures.Future:
+        """Future of the job's new status, or None if it was not pending."""
+        return self._submit(_apply_outcome(outcome))
+
+    def prune_events(self, older_than_ms: int) -> concurrent.futures.Future:
+        return self._submit(_prune_events(older_than_ms))
+
+    def _submit(self, fn: WriteFn) -> concurrent.futures.Future:
+        op = _Op(fn, concurrent.futures.Future())
+        self._queue.put(op)
+        return op.future
+
+    def _run(self) -> None:
+        try:
+            conn = _connect(self._path, readonly=False)
+            conn.execute("PRAGMA synchronous = FULL")  # a 201 means on disk, not in a cache
+        except sqlite3.Error as exc:
+            self._ready.set_exception(StoreError(f"cannot open {self._path} for writing: {exc}"))
+            return
+        self._ready.set_result(None)
+        try:
+            while self._serve_one_group(conn):
+                pass
+        finally:
+            conn.close()
+
+    def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
+        """Commit the next group of operations; False once asked to stop."""
+        group, stopping = [self._queue.get()], False
+        while len(group) < MAX_GROUP:
+            try:
+                group.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        if _STOP in group:
+            stopping = True
+            group = [op for op in group if op is not _STOP]
+        if group:
+            self._commit(conn, group)
+        return not stopping
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+        events: list[Event] = []
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in group:
+                outcomes.append(self._run_in_savepoint(conn, op, events))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for op in group:
+                op.future.set_exception(StoreError(f"write failed: {exc}"))
+            return
+        for op, result, error in outcomes:
+            if error is None:
+                op.future.set_result(result)
+            else:
+                op.future.set_exception(error)
+        if events:
+            self._on_commit(events)
+
+    @staticmethod
+    def _run_in_savepoint(conn, op: _Op, events: list[Event]) -> tuple[_Op, Any, BaseException | None]:
+        """Run one operation so that its failure undoes only its own writes."""
+        own_events: list[Event] = []
+        conn.execute("SAVEPOINT op")
+        try:
+            result = op.fn(conn, own_events)
+        except Exception as exc:  # handed to the caller's future, not swallowed
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return op, None, exc
+        conn.execute("RELEASE op")
+        events.extend(own_events)
+        return op, result, None

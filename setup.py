@@ -1,0 +1,37 @@
+"""Calo Jobs: delayed jobs that fetch a food photo, with a live dashboard."""
+
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def web_files(top):
+    """(install dir, files) pairs so `pip install .` carries static/ and templates/."""
+    pairs = []
+    for folder, _, files in os.walk(os.path.join(HERE, top)):
+        relative = os.path.relpath(folder, HERE)
+        pairs.append((os.path.join("share", "calo", relative), [os.path.join(relative, f) for f in sorted(files)]))
+    return pairs
+
+
+setup(
+    name="calo-jobs",
+    version="0.1.0",
+    description="Delayed jobs that fetch a food photo from Unsplash, with a live dashboard",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["calo", "calo.*"]),
+    data_files=web_files("static") + web_files("templates"),
+    install_requires=["tornado>=6.4,<7", "requests>=2.31,<3"],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",  # pytest-tornado (2020) works with pytest 9; keep it below 10
+            "pytest-tornado>=0.8.1",
+            "pytest-timeout>=2.3",
+        ],
+    },
+    entry_points={"console_scripts": ["calo-server = calo.cli:main"]},
+)

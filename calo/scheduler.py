@@ -128,9 +128,9 @@ class Scheduler:
         while self._ready and self._spares:
             due_at, job_id = self._ready.popleft()
             self._settle(Outcome(job_id, now, image=self._spares.popleft()), due_at)
-        while self._ready and self._gate.allowed_now(now, self._in_flight):
-            claimed = [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
-            self._start_fetch(claimed)
+        # Photos already on their way count: one batch serves up to `batch` waiting jobs.
+        while len(self._ready) > self._in_flight * self._batch and self._gate.allowed_now(now, self._in_flight):
+            self._start_fetch()
         self._arm_timer()
 
     def _next_wake(self) -> int | None:
@@ -156,38 +156,39 @@ class Scheduler:
 
     # -- fetches ---------------------------------------------------------------------------
 
-    def _start_fetch(self, claimed: list[tuple[int, str]]) -> None:
+    def _start_fetch(self) -> None:
         self._in_flight += 1
         future = self._loop.run_in_executor(self._pool, self._source.fetch, self._batch)
-        self._loop.add_future(future, functools.partial(self._fetch_done, claimed))
+        self._loop.add_future(future, self._fetch_done)
 
-    def _fetch_done(self, claimed: list[tuple[int, str]], future: Any) -> None:
+    def _fetch_done(self, future: Any) -> None:
         self._in_flight -= 1
         now = self._clock()
         try:
             fetched = future.result()
         except UpstreamError as exc:
-            self._fetch_failed(claimed, exc, now)
+            self._fetch_failed(exc, now)
         except Exception as exc:  # a bug in a source must not stall the schedule
             log.exception("upstream fetch raised")
-            self._fetch_failed(claimed, TransientError(f"unexpected error: {type(exc).__name__}"), now)
+            self._fetch_failed(TransientError(f"unexpected error: {type(exc).__name__}"), now)
         else:
             self._gate.succeeded(fetched.rate_limit, fetched.rate_remaining, now)
             self._spares.extend(fetched.images)
-            self._ready.extendleft(reversed(claimed))  # first in line for the new photos
         if self._in_flight == 0:
             for notify in self._idle:
                 notify()
         self._pump()
 
-    def _fetch_failed(self, claimed: list[tuple[int, str]], exc: UpstreamError, now: int) -> None:
+    def _fetch_failed(self, exc: UpstreamError, now: int) -> None:
+        """Record the failed try on the jobs the fetch was for: the first in line."""
         rate_limited = isinstance(exc, RateLimited)
         if rate_limited:
             self._gate.rate_limited(now)
         elif exc.retryable:
             self._gate.failed(now)
-        log.warning("upstream fetch failed (%s): %s; %d jobs affected", exc.code, exc, len(claimed))
-        for due_at, job_id in claimed:
+        waiting = [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
+        log.warning("upstream fetch failed (%s): %s; %d jobs affected", exc.code, exc, len(waiting))
+        for due_at, job_id in waiting:
             # A rate limit alone never fails a job; other errors have a cap on tries and time.
             too_late = now - due_at > self._retry_window_ms
             outcome = Outcome(

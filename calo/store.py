@@ -92,13 +92,17 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = _schema_version(conn)
+def _check_not_newer(version: int) -> None:
     if version > len(MIGRATIONS):
         raise StoreError(
             f"{DB_FILE} has schema version {version}, newer than this calo-server knows "
             f"({len(MIGRATIONS)}); upgrade calo-server"
         )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = _schema_version(conn)
+    _check_not_newer(version)
     for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -137,6 +141,7 @@ def _create_or_upgrade(path: str) -> None:
         sqlite3.connect(path).close()
     conn = _connect(path, readonly=False)
     try:
+        _check_not_newer(_schema_version(conn))  # before anything writes to the file
         # WAL must be set outside any transaction; it persists in the file.
         conn.execute("PRAGMA journal_mode = WAL")
         _migrate(conn)

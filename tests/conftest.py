@@ -116,13 +116,15 @@ class ServerProcess:
             [sys.executable, "server.py", "--port", "0", *self.flags],
             cwd=ROOT, env=self.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
+        self._drainer.start()
         self.url = poll(self._ready_url, timeout)
         return self
 
     def _drain(self, process: subprocess.Popen) -> None:
-        for line in process.stderr:
-            self.lines.append(line.rstrip("\n"))
+        with process.stderr:
+            for line in process.stderr:
+                self.lines.append(line.rstrip("\n"))
 
     def _ready_url(self) -> str | None:
         if self.process.poll() is not None:
@@ -141,10 +143,13 @@ class ServerProcess:
         """SIGKILL: no cleanup at all, as in a crash or a power cut of the process."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+        self._drainer.join(5)
 
     def terminate(self, timeout: float = 20.0) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        self._drainer.join(5)
+        return code
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=10, **kwargs)

@@ -1,0 +1,10 @@
+# Shortcuts for developers; the README's two commands need nothing but bash and python3.
+.PHONY: install run test lint
+install:
+	bash scripts/bootstrap.sh --test
+run:
+	bash scripts/run.sh
+test:
+	bash scripts/test.sh
+lint:
+	.venv/bin/python -m pip install -q ruff && .venv/bin/ruff check calo tests server.py setup.py

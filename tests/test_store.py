@@ -1,0 +1,127 @@
+"""The SQLite store on real database files: migrations, group commit, and its guarantees."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+import pytest
+
+from calo.jobs import Job, Outcome, now_ms
+from calo.store import DB_FILE, MIGRATIONS, Database, StoreError
+
+
+@pytest.fixture
+def database(tmp_path):
+    db = Database(str(tmp_path))
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def committed(database):
+    """A started writer and the list its commits are reported to."""
+    events = []
+    writer = database.writer(events.extend)
+    writer.start()
+    yield writer, events
+    writer.stop()
+
+
+def test_a_new_database_is_in_wal_mode_at_the_latest_schema(database):
+    with sqlite3.connect(database.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path):
+    path = tmp_path / DB_FILE
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="newer"):
+        Database(str(tmp_path))
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path):
+    path = tmp_path / DB_FILE
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        Database(str(tmp_path))
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_writes_from_many_threads_commit_in_groups_with_one_event_each(database, committed):
+    writer, events = committed
+    futures, lock = [], threading.Lock()
+
+    def submit():
+        for _ in range(100):
+            future = writer.create_job(Job.new(1, now_ms()))
+            with lock:
+                futures.append(future)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(future.result(10).created for future in futures)
+    reader = database.reader()
+    assert reader.count_by_status() == {"pending": 800}
+    assert [event.seq for event in reader.events_after(0, 1000)] == list(range(1, 801))
+    reader.close()
+
+
+def test_one_failing_write_does_not_undo_the_others_of_its_group(database, committed):
+    writer, events = committed
+    twin = Job.new(1, now_ms())
+    futures = [writer.create_job(twin), writer.create_job(twin), writer.create_job(Job.new(1, now_ms()))]
+    assert futures[0].result(5).created
+    with pytest.raises(sqlite3.IntegrityError):
+        futures[1].result(5)
+    assert futures[2].result(5).created
+    reader = database.reader()
+    assert reader.count_by_status() == {"pending": 2}
+    assert reader.latest_seq() == 2 and len(events) == 2
+    reader.close()
+
+
+def test_an_outcome_applies_only_to_a_pending_job(database, committed):
+    writer, events = committed
+    job = Job.new(1, now_ms())
+    writer.create_job(job).result(5)
+    image = {"url": "http://example.test/a.jpg"}
+    assert writer.apply_outcome(Outcome(job.id, now_ms(), image=image)).result(5) == "resolved"
+    assert writer.apply_outcome(Outcome(job.id, now_ms(), image=image)).result(5) is None
+    assert writer.apply_outcome(Outcome("missing", now_ms(), image=image)).result(5) is None
+    assert [event.type for event in events] == ["job.created", "job.resolved"]
+
+
+def test_retries_keep_a_job_pending_until_max_attempts(database, committed):
+    writer, _ = committed
+    job = Job.new(1, now_ms())
+    writer.create_job(job).result(5)
+    retry = Outcome(job.id, now_ms(), error_code="upstream_unavailable", final=False, max_attempts=3)
+    assert [writer.apply_outcome(retry).result(5) for _ in range(3)] == ["pending", "pending", "failed"]
+
+
+def test_pruned_event_seqs_are_never_reused(database, committed):
+    writer, _ = committed
+    for _ in range(3):
+        writer.create_job(Job.new(1, now_ms())).result(5)
+    assert writer.prune_events(now_ms() + 1).result(5) == 3
+    writer.create_job(Job.new(1, now_ms())).result(5)
+    reader = database.reader()
+    assert reader.latest_seq() == 4 and reader.oldest_seq() == 4
+    reader.close()
+
+
+def test_the_data_dir_is_locked_while_open(tmp_path, database):
+    with pytest.raises(StoreError, match="in use"):
+        Database(str(tmp_path))
+    database.close()
+    Database(str(tmp_path)).close()
+    assert os.path.exists(tmp_path / "calo.lock")

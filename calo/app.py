@@ -2,7 +2,7 @@
 
 Owns which part talks to which, and the order they start and stop in:
 start: database (lock, migrate) -> writer thread -> IOLoop reader -> scheduler (recovery)
--> JSON exporter; stop: scheduler (grace for in-flight fetches) -> writer (commits what
+-> JSON exporter -> upkeep; stop: upkeep -> scheduler (grace for in-flight fetches) -> writer (commits what
 is queued) -> exporter (final flush) -> reader -> database lock.
 
 Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread. The one place work
@@ -31,6 +31,7 @@ from calo.service import JobService
 from calo.store import Database, Event
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
+from calo.upkeep import Upkeep
 
 log = logging.getLogger("calo")
 
@@ -111,6 +112,8 @@ class Calo:
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
         self.exporter.start()
+        self.upkeep = Upkeep(self.writer, settings.event_retention)
+        self.upkeep.start()
         return make_app(self.service, self.hub, self.web_root)
 
     def _on_commit(self, events: list[Event]) -> None:
@@ -122,6 +125,7 @@ class Calo:
         """Finish in-flight fetches (up to the grace period), commit, flush, close."""
         if self.database is None:
             return
+        self.upkeep.stop()
         await self.scheduler.stop(grace_seconds)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.writer.stop()

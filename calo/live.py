@@ -50,8 +50,9 @@ def encode_events(encoded: list[str]) -> str:
 class Hub:
     """The connected sockets. IOLoop thread only."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self._sockets: set[EventsSocket] = set()
+        self.max_buffered_bytes = max_buffered_bytes  # per client, unsent
         self.events_sent = 0
 
     def __len__(self) -> int:
@@ -130,7 +131,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
 
     def _send(self, text: str) -> Any:
         """Queue a message; cut the client off if it has stopped reading."""
-        if self.buffered_bytes + len(text) > MAX_BUFFERED_BYTES:
+        if self.buffered_bytes + len(text) > self.hub.max_buffered_bytes:
             log.warning("closing a WebSocket client that stopped reading (%d bytes unsent)", self.buffered_bytes)
             self.hub.remove(self)
             self.close(1013, "too far behind: reconnect with since=")

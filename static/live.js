@@ -49,9 +49,11 @@ export class LiveSync {
     this.snapClear = false;
     this.snapFails = 0;
     this.snapTimer = null;
+    this.inFlightGen = null; // gen of the snapshot whose GET is running
 
     this.state = null;
     this.started = false;
+    this.seqWriteTimer = null;
   }
 
   start() {
@@ -69,6 +71,7 @@ export class LiveSync {
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && !this.ws) this.reconnectNow();
     });
+    window.addEventListener('pagehide', () => writeJSON('sessionStorage', SEQ_KEY, this.lastSeq));
     window.addEventListener('pageshow', (e) => {
       if (e.persisted) this.reconnectNow(); // restored from the back/forward cache
     });
@@ -170,7 +173,8 @@ export class LiveSync {
       this.updateState();
       if (this.sinceUsed == null) this.startSnapshot(seq, false); // first connect
       else if (Number.isFinite(seq) && seq < this.sinceUsed) this.startSnapshot(seq, true); // server lost history
-      // else: the server now replays everything after `since`.
+      else if (this.syncing && this.inFlightGen == null) this.runSnapshot(this.snapGen); // a failed snapshot: retry now
+      // Otherwise the server now replays everything after `since`.
       this.onHello();
       return;
     }
@@ -194,7 +198,20 @@ export class LiveSync {
 
   setSeq(seq) {
     this.lastSeq = seq;
-    writeJSON('sessionStorage', SEQ_KEY, seq);
+    // Storage writes are synchronous: under a burst, write at most every 250 ms.
+    if (!this.seqWriteTimer) {
+      writeJSON('sessionStorage', SEQ_KEY, seq);
+      this.seqWriteTimer = setTimeout(() => {
+        this.seqWriteTimer = null;
+        writeJSON('sessionStorage', SEQ_KEY, this.lastSeq);
+      }, 250);
+    }
+  }
+
+  /** "Try again": re-run a failed snapshot now instead of waiting for its timer. */
+  retryNow() {
+    if (this.syncing && this.inFlightGen == null) this.runSnapshot(this.snapGen);
+    else if (!this.ws) this.reconnectNow();
   }
 
   startSnapshot(seq, clear) {
@@ -208,9 +225,11 @@ export class LiveSync {
 
   async runSnapshot(gen) {
     clearTimeout(this.snapTimer);
+    this.inFlightGen = gen;
     try {
       await this.loadSnapshot({ clear: this.snapClear });
     } catch (err) {
+      if (this.inFlightGen === gen) this.inFlightGen = null;
       if (gen !== this.snapGen) return;
       // Keep buffering (nothing is lost) and try again.
       this.onSnapshotError(err);
@@ -219,6 +238,7 @@ export class LiveSync {
       }, 500 + backoffDelay(this.snapFails++, 1000, 15000));
       return;
     }
+    if (this.inFlightGen === gen) this.inFlightGen = null;
     if (gen !== this.snapGen) return; // a newer snapshot superseded this one
     this.snapClear = false;
     this.syncing = false;

@@ -59,10 +59,11 @@ export class CreateQueue {
   }
 
   /** One press of "Create job". */
-  press() {
-    const entry = { key: uuid(), pressedAt: Date.now(), tries: 0, queued: false };
+  press({ queued = false } = {}) {
+    const entry = { key: uuid(), pressedAt: Date.now(), tries: 0, queued };
     this.entries.push(entry);
     this.save();
+    if (queued) this.onChange();
     this.flush();
     return entry;
   }

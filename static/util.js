@@ -94,10 +94,10 @@ const ICONS = {
   copy: ['rect:9,9,11,11,2', 'M5 15V5a1 1 0 0 1 1-1h10'],
 };
 
-export function icon(name, cls = 'icon') {
+export function icon(name, cls = '') {
   const svg = document.createElementNS(SVGNS, 'svg');
   svg.setAttribute('viewBox', '0 0 24 24');
-  svg.setAttribute('class', cls);
+  svg.setAttribute('class', cls ? `icon ${cls}` : 'icon');
   svg.setAttribute('aria-hidden', 'true');
   svg.setAttribute('focusable', 'false');
   for (const d of ICONS[name] || []) {
@@ -164,14 +164,19 @@ export function relTime(ms) {
   if (diff < 60) return `${diff}s ago`;
   if (diff < 3600) return `${Math.floor(diff / 60)}m ago`;
   if (diff < 86400) return `${Math.floor(diff / 3600)}h ago`;
-  return new Date(ms).toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
+  dayFmt ??= new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+  return dayFmt.format(ms);
 }
+
+let fullFmt = null; // building an Intl formatter is slow: do it once
+let dayFmt = null;
 
 export function fullTime(ms) {
   if (Number.isNaN(ms)) return '—';
-  return new Date(ms).toLocaleString(undefined, {
+  fullFmt ??= new Intl.DateTimeFormat(undefined, {
     year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
   });
+  return fullFmt.format(ms);
 }
 
 /** 155.4 → "2m 35s", 7.25 → "7.3s" */

@@ -9,6 +9,7 @@ import {
   clockText, countdownText, durationText, fullTime, h, icon, now, parseTime, relTime,
   safeColor, safeUrl, withUtm,
 } from './util.js';
+import { applyBlurhash } from './blurhash.js';
 
 export const jobHref = (id) => `#/jobs/${encodeURIComponent(id)}`;
 
@@ -79,9 +80,10 @@ export class ListView {
    * filter: 'all'|'pending'|'resolved'|'failed'
    * entries: store entries ({job, rev}) newest first; queued: queue entries
    * paging: that filter's paging state; hasData: a page has arrived
+   * canLoadMore: more rows are held back or another page exists
    * fresh: Set of ids to animate in (new from live events / this tab)
    */
-  render({ filter, entries, queued, paging, hasData, fresh }) {
+  render({ filter, entries, queued, paging, hasData, canLoadMore, fresh }) {
     const desired = [];
     const keep = new Set();
     const showQueued = filter === 'all' || filter === 'pending';
@@ -130,7 +132,7 @@ export class ListView {
     }
 
     // Load more
-    this.loadMore.hidden = !paging.next;
+    this.loadMore.hidden = !canLoadMore;
     this.loadMore.disabled = paging.loading;
     this.loadMore.textContent = paging.loading && paging.loaded ? 'Loading…' : 'Load more';
 
@@ -139,7 +141,7 @@ export class ListView {
     const q = showQueued ? queued.length : 0;
     let text = '';
     if (hasData) {
-      text = `${n.toLocaleString()} ${n === 1 ? 'job' : 'jobs'}${paging.next ? ' shown · more available' : ''}`;
+      text = `${n.toLocaleString()} ${n === 1 ? 'job' : 'jobs'}${canLoadMore ? ' shown · more available' : ''}`;
       if (q) text += ` · ${q} queued`;
     } else if (loading) text = 'Loading jobs…';
     if (this.status.textContent !== text) this.status.textContent = text;
@@ -207,10 +209,10 @@ function buildJobCard(a, li, job) {
   let countdown = null;
   let bigCount = null;
   let bar = null;
-  let label = `Job ${job.id}, ${job.status}`;
 
   if (job.status === 'resolved') {
     const src = safeUrl(img?.thumb_url) || safeUrl(img?.url) || safeUrl(job.result);
+    if (img?.blur_hash) applyBlurhash(thumb, img.blur_hash);
     if (src) {
       const size = imageSize(img);
       const el = h('img', {
@@ -226,7 +228,7 @@ function buildJobCard(a, li, job) {
   } else if (job.status === 'pending') {
     thumb.classList.add('thumb-pending');
     bigCount = h('span', { class: 'thumb-count' });
-    thumb.append(icon('clock', 'icon-xl spin-slow'), bigCount);
+    thumb.append(icon('clock', 'icon-xl'), bigCount);
   } else {
     thumb.classList.add('thumb-failed');
     thumb.append(icon('alert', 'icon-xl'), h('span', { class: 'thumb-code', text: job.error?.code || 'failed' }));
@@ -245,7 +247,6 @@ function buildJobCard(a, li, job) {
     meta = h('div', { class: 'card-meta' },
       img?.source === 'demo' ? 'Demo image' : who ? `Photo by ${who}` : 'Photo ready',
       Number.isFinite(took) ? h('span', { class: 'dot-sep', text: ` · after ${durationText(took)}` }) : null);
-    label += who ? `, photo by ${who}` : '';
   } else {
     meta = h('div', { class: 'card-meta card-error', text: job.error?.message || 'This job failed.' });
   }
@@ -257,7 +258,6 @@ function buildJobCard(a, li, job) {
       h('div', { class: 'card-title' }, h('span', { class: 'card-id', text: job.id })),
       meta),
   );
-  a.setAttribute('aria-label', label);
 
   li._tick = () => {
     when.textContent = relTime(created);
@@ -346,6 +346,7 @@ export class DetailView {
       const size = imageSize(img);
       const color = safeColor(img?.color);
       const frame = h('div', { class: 'photo-frame', style: { 'background-color': color, 'aspect-ratio': size ? `${size[0]} / ${size[1]}` : null } });
+      if (img?.blur_hash) applyBlurhash(frame, img.blur_hash);
       if (src) {
         const el = h('img', { src, alt: img?.alt || 'Food photo', decoding: 'async', width: size?.[0], height: size?.[1] });
         el.addEventListener('error', () => frame.classList.add('is-broken'), { once: true });
@@ -358,7 +359,7 @@ export class DetailView {
       const sub = h('div', { class: 'wait-sub' });
       const bar = h('span', { class: 'progress-bar' });
       media = h('div', { class: 'wait-card' },
-        icon('clock', 'icon-xxl spin-slow'), big, sub,
+        icon('clock', 'icon-xxl'), big, sub,
         h('div', { class: 'progress progress-lg', 'aria-hidden': 'true' }, bar));
       ticks.push(() => {
         const left = due - now();
@@ -456,7 +457,7 @@ export class Toasts {
 
   show(message, { kind = 'info', timeout = 5000 } = {}) {
     for (const t of this.root.children) {
-      if (t.dataset.msg === message) return; // already showing
+      if (t.dataset.msg === message) return t._handle; // already showing
     }
     const close = h('button', { type: 'button', class: 'toast-close', 'aria-label': 'Dismiss', text: '×' });
     const el = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status', 'data-testid': 'toast', 'data-msg': message },
@@ -466,5 +467,7 @@ export class Toasts {
     close.addEventListener('click', remove);
     this.root.append(el);
     if (timeout) setTimeout(remove, timeout);
+    el._handle = { remove };
+    return el._handle;
   }
 }

@@ -10,7 +10,9 @@ Contract (keep it exactly; README "API" shows it with curl):
 - GET /jobs?status=pending|resolved|failed&limit=1..1000&cursor=OPAQUE -> 200, a JSON
   array of jobs, newest first; `Link: <url>; rel="next"` when there is more.
 - GET /jobs/{id} -> 200 the job, or 404.
-- Any error -> {"error": {"code": "...", "message": "..."}} with 400, 404, 405, 413 ...
+- POST /jobs/{id}/retry -> 200 the job, pending again and due now; 409 unless it failed.
+- Any error -> {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 405, 409,
+  413, 503 (with Retry-After). `/openapi.json` describes all of it.
 
 Threads: IOLoop thread only, like every Tornado handler.
 Must never: import sqlite3, touch the store or the scheduler directly, or send HTML.
@@ -27,10 +29,13 @@ from urllib.parse import urlencode
 
 import tornado.web
 
+from calo.access import AccessPolicy
 from calo.jobs import STATUSES
-from calo.service import JobService
+from calo.service import JobService, NotRetryable, Overloaded
 
 JSON_TYPE = "application/json; charset=utf-8"
+MAX_BODY_BYTES = 64 * 1024
+OVERLOAD_RETRY_AFTER_SECONDS = 5
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -49,11 +54,56 @@ class ApiError(tornado.web.HTTPError):
         self.message = message
 
 
+@tornado.web.stream_request_body  # so an oversized body is refused before it is read
 class ApiHandler(tornado.web.RequestHandler):
-    """Base for every JSON endpoint: errors are JSON, never HTML or a traceback."""
+    """Base for every JSON endpoint: access rules, body limit, errors as JSON."""
 
-    def initialize(self, service: JobService) -> None:
+    def initialize(self, service: JobService, access: AccessPolicy) -> None:
         self.service = service
+        self.access = access
+        self._body = bytearray()
+        self._body_size = 0
+        self.set_default_headers()  # Tornado's first call came before `access` was set
+
+    def set_default_headers(self) -> None:
+        """CORS headers, on every answer including errors (`send_error` clears headers
+        and calls this again)."""
+        if not hasattr(self, "access"):
+            return
+        origin = self.request.headers.get("Origin")
+        for name, value in self.access.cors_headers(origin, self.request.method == "OPTIONS").items():
+            self.set_header(name, value)
+        if self.access.allowed_origins:
+            self.add_header("Vary", "Origin")
+
+    def prepare(self) -> None:
+        declared = self.request.headers.get("Content-Length", "0")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        if self.access.needs_token(self.request.method) and not self.access.token_ok(
+            self.request.headers.get("Authorization")
+        ):
+            self.set_header("WWW-Authenticate", 'Bearer realm="calo"')
+            raise ApiError(401, "unauthorized", "this needs 'Authorization: Bearer <token>'")
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        # An id that is not UTF-8 names no job: that is a 404, not Tornado's 400.
+        return value.decode("utf-8", errors="replace")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= MAX_BODY_BYTES:  # past the limit, count but keep nothing
+            self._body += chunk
+
+    def body(self) -> bytes:
+        if self._body_size > MAX_BODY_BYTES:
+            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        return bytes(self._body)
+
+    def options(self, *args: str) -> None:
+        """CORS preflight (its headers come from set_default_headers)."""
+        self.set_status(204)
+        self.finish()
 
     def write_json(self, text: str, status: int = 200) -> None:
         """Send an already-encoded JSON document (lists included: `write()` refuses them)."""
@@ -127,13 +177,17 @@ class JobsHandler(ApiHandler):
         key = self.request.headers.get("Idempotency-Key")
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 visible ASCII characters")
-        created = await self.service.create_job(key)
+        try:
+            created = await self.service.create_job(key)
+        except Overloaded as exc:
+            self.set_header("Retry-After", str(OVERLOAD_RETRY_AFTER_SECONDS))
+            raise ApiError(503, "too_many_pending_jobs", str(exc)) from None
         job_id = json.loads(created.job_json)["id"]
         self.set_header("Location", f"/jobs/{job_id}")
         self.write_json(created.job_json, 201 if created.created else 200)
 
     def _check_body(self) -> None:
-        body = self.request.body.strip()
+        body = self.body().strip()
         if not body:
             return
         try:
@@ -145,12 +199,21 @@ class JobsHandler(ApiHandler):
 
 
 class JobHandler(ApiHandler):
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        # An id that is not UTF-8 names no job: that is a 404, not Tornado's 400.
-        return value.decode("utf-8", errors="replace")
-
     def get(self, job_id: str) -> None:
         doc = self.service.job_json(job_id)
+        if doc is None:
+            raise ApiError(404, "job_not_found", "no job with this id")
+        self.write_json(doc)
+
+
+class RetryHandler(ApiHandler):
+    """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
+
+    async def post(self, job_id: str) -> None:
+        try:
+            doc = await self.service.retry_job(job_id)
+        except NotRetryable as exc:
+            raise ApiError(409, "job_not_failed", f"only a failed job can be retried; this one is {exc.status}") from None
         if doc is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         self.write_json(doc)

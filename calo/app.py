@@ -21,10 +21,12 @@ import sys
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from calo.api import JobHandler, JobsHandler, NotFoundHandler
+from calo.access import AccessPolicy
+from calo.api import JobHandler, JobsHandler, NotFoundHandler, RetryHandler
 from calo.config import Settings
 from calo.export import JsonExporter
 from calo.live import EventsSocket, Hub
+from calo.openapi import OpenApiHandler
 from calo.pages import IndexHandler
 from calo.scheduler import Scheduler
 from calo.service import JobService
@@ -52,14 +54,16 @@ def find_web_root() -> str:
     return candidates[0]
 
 
-def make_app(service: JobService, hub: Hub, web_root: str) -> tornado.web.Application:
+def make_app(service: JobService, hub: Hub, access: AccessPolicy, web_root: str) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers."""
-    api = {"service": service}
+    api = {"service": service, "access": access}
     routes = [
         (r"/", IndexHandler),
+        (r"/openapi.json", OpenApiHandler),
         (r"/jobs", JobsHandler, api),
         (r"/jobs/([^/]+)", JobHandler, api),
-        (r"/ws", EventsSocket, {"service": service, "hub": hub}),
+        (r"/jobs/([^/]+)/retry", RetryHandler, api),
+        (r"/ws", EventsSocket, {"service": service, "hub": hub, "access": access}),
     ]
     return tornado.web.Application(
         routes,
@@ -74,7 +78,7 @@ def make_app(service: JobService, hub: Hub, web_root: str) -> tornado.web.Applic
 
 def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
     if settings.unsplash_access_key:
-        return UnsplashSource(settings.unsplash_api_url, settings.unsplash_access_key)
+        return UnsplashSource(settings.unsplash_api_url, settings.unsplash_access_key, settings.unsplash_timeout)
     return DemoSource(os.path.join(web_root, "static"))
 
 
@@ -101,12 +105,13 @@ class Calo:
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
         self.scheduler = Scheduler(
             source=self.source, writer=self.writer, pool=self.pool,
-            gate=UpstreamGate(settings.workers), batch=settings.unsplash_batch,
+            gate=UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000)), batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
         )
         self.service = JobService(
             reader=self.reader, writer=self.writer, scheduler=self.scheduler,
             delays=(settings.delay_min, settings.delay_max, settings.delay_step),
+            max_pending=settings.max_pending,
         )
         pending = self.reader.pending_due()
         overdue = self.scheduler.start(pending)
@@ -114,7 +119,8 @@ class Calo:
         self.exporter.start()
         self.upkeep = Upkeep(self.writer, settings.event_retention)
         self.upkeep.start()
-        return make_app(self.service, self.hub, self.web_root)
+        access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
+        return make_app(self.service, self.hub, access, self.web_root)
 
     def _on_commit(self, events: list[Event]) -> None:
         """Writer thread: hand the committed events to the IOLoop and the exporter."""

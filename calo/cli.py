@@ -22,8 +22,12 @@ from tornado.netutil import bind_sockets
 
 from calo.app import Calo
 from calo.config import ConfigError, Settings, help_text, parse_settings
+from calo.export import read_export
 from calo.logs import configure_logging
-from calo.store import StoreError
+from calo.store import Database, StoreError
+
+MAX_BODY_BYTES = 1 << 20  # the API refuses bodies over 64 KiB with a 413; past this, the
+# connection is closed before the body is read
 
 log = logging.getLogger("calo")
 
@@ -54,7 +58,13 @@ async def serve(settings: Settings) -> None:
         app = calo.start()
     except StoreError as exc:
         raise StartupError(str(exc)) from None
-    server = HTTPServer(app)
+    server = HTTPServer(
+        app,
+        # A client that sends its headers or body too slowly is cut off; others never wait.
+        idle_connection_timeout=settings.client_timeout,
+        body_timeout=settings.client_timeout,
+        max_body_size=MAX_BODY_BYTES,
+    )
     try:
         port = _listen(server, settings)
         log.info(
@@ -65,9 +75,26 @@ async def serve(settings: Settings) -> None:
         log.info("stopping: no new connections, finishing in-flight work")
     finally:
         server.stop()
-        await calo.stop()
+        await calo.stop(settings.shutdown_grace)
         await server.close_all_connections()
     log.info("stopped")
+
+
+def import_json(settings: Settings) -> None:
+    """`--import-json FILE`: rebuild an empty or missing database from an export."""
+    try:
+        job_docs = read_export(settings.import_json)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        database = Database(settings.data_dir)
+        try:
+            count = database.import_jobs(job_docs)
+        finally:
+            database.close()
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    log.info("imported %d jobs from %s into %s", count, settings.import_json, database.path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging()
     try:
-        asyncio.run(serve(settings))
+        if settings.import_json:
+            import_json(settings)
+        else:
+            asyncio.run(serve(settings))
     except StartupError as exc:
         log.error("%s", exc)
         return 1

@@ -62,6 +62,22 @@ def _optional_text(text: str) -> str | None:
     return text or None
 
 
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
+            raise ValueError("must be origins like https://example.com:8443, separated by commas")
+    return origins
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on", ""):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
@@ -89,11 +105,32 @@ SETTINGS: tuple[Setting, ...] = (
             "upstream tries per job before it fails (timeouts, refused connections, 5xx)"),
     Setting("retry_window", "--retry-window", ("CALO_RETRY_WINDOW",), _seconds, 600.0,
             "seconds after a job is due during which failed fetches are retried"),
+    Setting("unsplash_timeout", "--unsplash-timeout", ("CALO_UNSPLASH_TIMEOUT",), _seconds, 10.0,
+            "seconds to wait for Unsplash to answer one request"),
+    Setting("rate_limit_pause", "--rate-limit-pause", ("CALO_RATE_LIMIT_PAUSE",), _seconds, 3600.0,
+            "seconds all Unsplash calls pause once the request budget is spent"),
+    Setting("max_pending", "--max-pending", ("CALO_MAX_PENDING",), _positive_int, 100_000,
+            "pending jobs at most; past it POST /jobs answers 503"),
+    Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _seconds, 30.0,
+            "seconds a client may take to send a request's headers or body"),
+    Setting("shutdown_grace", "--shutdown-grace", ("CALO_SHUTDOWN_GRACE",), _seconds, 10.0,
+            "seconds in-flight Unsplash calls may finish in after SIGTERM/SIGINT"),
+    Setting("allowed_origins", "--allowed-origins", ("CALO_ALLOWED_ORIGINS",), _origins, (),
+            "comma-separated origins (https://host:port) allowed to use the WebSocket and, by CORS, the API"),
+    Setting("private", "--private", ("CALO_PRIVATE",), _flag, False,
+            "with CALO_API_TOKEN: require the token for reads too"),
+    Setting("import_json", "--import-json", ("CALO_IMPORT_JSON",), _optional_text, None,
+            "rebuild an empty or missing calo.db from this jobs.json export, then exit"),
+    Setting("api_token", None, ("CALO_API_TOKEN",), _optional_text, None,
+            "when set, creating and retrying jobs require 'Authorization: Bearer <token>'"),
     Setting("unsplash_access_key", None, ("CALO_UNSPLASH_ACCESS_KEY", "UNSPLASH_ACCESS_KEY"),
             _optional_text, None, "Unsplash access key; without one, bundled demo images are used"),
     Setting("unsplash_api_url", None, ("CALO_UNSPLASH_API_URL",), _url,
             "https://api.unsplash.com", "Unsplash API base URL"),
 )
+
+
+SECRETS = ("unsplash_access_key", "api_token")  # never echoed, logged or shown in a repr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +148,15 @@ class Settings:
     unsplash_batch: int
     max_attempts: int
     retry_window: float
+    unsplash_timeout: float
+    rate_limit_pause: float
+    max_pending: int
+    client_timeout: float
+    shutdown_grace: float
+    allowed_origins: tuple[str, ...]
+    private: bool
+    import_json: str | None
+    api_token: str | None = dataclasses.field(repr=False)
     unsplash_access_key: str | None = dataclasses.field(repr=False)
     unsplash_api_url: str
 
@@ -128,8 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     for setting in SETTINGS:
         if setting.flag:
             env_names = "/".join(setting.env)
+            switch = {"nargs": "?", "const": "true"} if setting.parse is _flag else {}
             parser.add_argument(
-                setting.flag, dest=setting.name, metavar="VALUE",
+                setting.flag, dest=setting.name, metavar="VALUE", **switch,
                 help=f"{setting.help} (env {env_names}; default {setting.default})",
             )
     return parser
@@ -168,7 +215,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
         except ValueError as exc:
             where = setting.flag or setting.env[0]
             reason = str(exc) if "must" in str(exc) else "is not a valid value"
-            shown = "(hidden)" if "key" in setting.name else repr(raw)
+            shown = "(hidden)" if setting.name in SECRETS else repr(raw)
             raise ConfigError(f"{where} {reason}: {shown}") from None
     settings = Settings(**values)
     _check_together(settings)

@@ -15,6 +15,7 @@ Must never: run on the IOLoop thread, or leave a torn or half-written `jobs.json
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -113,3 +114,21 @@ class JsonExporter:
 
         write_atomically(self.path, body)
         return count
+
+
+def read_export(path: str) -> list[str]:
+    """The job documents of a `jobs.json` export, re-encoded; raises ValueError (one
+    line) if the file is not a complete export in this format."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = json.load(file)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != 1:
+        raise ValueError(f"{path} is not a Calo Jobs export (format {FORMAT}, version 1)")
+    jobs = document.get("jobs")
+    if not isinstance(jobs, list) or not all(isinstance(job, dict) and "id" in job for job in jobs):
+        raise ValueError(f"{path} has no valid list of jobs")
+    return [json.dumps(job, separators=(",", ":"), ensure_ascii=False) for job in jobs]

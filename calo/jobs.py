@@ -25,6 +25,7 @@ STATUSES = (PENDING, RESOLVED, FAILED)
 CREATED = "job.created"
 EVENT_FOR_STATUS = {RESOLVED: "job.resolved", FAILED: "job.failed"}
 UPDATED = "job.updated"
+RETRIED = "job.retried"
 
 
 def now_ms() -> int:
@@ -71,6 +72,7 @@ class Outcome:
     error_message: str = ""
     final: bool = True  # for an error: False keeps the job pending, to be tried again
     max_attempts: int | None = None  # for a non-final error: fail once this many were made
+    attempted: bool = True  # False: no call was made (e.g. waiting for the rate limit)
 
 
 @dataclasses.dataclass
@@ -136,7 +138,7 @@ class Job:
         elif outcome.final or out_of_tries:
             self.fail(code, message, outcome.at)
         else:
-            self.record_failed_attempt(code, message)
+            self.record_failed_attempt(code, message, counted=outcome.attempted)
         return EVENT_FOR_STATUS.get(self.status, UPDATED)
 
     def resolve(self, image: dict[str, Any], at: int) -> None:
@@ -154,7 +156,15 @@ class Job:
         self.error = {"code": code, "message": message}
         self.resolved_at = at
 
-    def record_failed_attempt(self, code: str, message: str) -> None:
-        """A try that did not work but will be retried: the job stays pending."""
-        self.attempts += 1
+    def record_failed_attempt(self, code: str, message: str, counted: bool = True) -> None:
+        """A try that did not work (or, not counted, could not be made) and will be
+        retried: the job stays pending, and says why it is still waiting."""
+        self.attempts += 1 if counted else 0
         self.error = {"code": code, "message": message}
+
+    def retry(self, at: int) -> None:
+        """A failed job goes back to pending, due now, with a fresh count of tries."""
+        self.status = PENDING
+        self.due_at = at
+        self.attempts = 0
+        self.error = self.result = self.image = self.resolved_at = None

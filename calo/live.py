@@ -29,6 +29,7 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
+from calo.access import AccessPolicy
 from calo.service import JobService
 from calo.store import Event
 
@@ -76,14 +77,23 @@ class Hub:
 
 
 class EventsSocket(tornado.websocket.WebSocketHandler):
-    def initialize(self, service: JobService, hub: Hub) -> None:
+    def initialize(self, service: JobService, hub: Hub, access: AccessPolicy) -> None:
         self.service = service
         self.hub = hub
+        self.access = access
         self.cursor = 0  # highest seq this client has been sent (or told about)
         self.replaying = False
         self.buffered_bytes = 0
 
+    def check_origin(self, origin: str) -> bool:
+        """The page's own origin (Tornado's check), or one listed in --allowed-origins."""
+        return super().check_origin(origin) or self.access.origin_allowed(origin)
+
     def prepare(self) -> None:
+        if self.access.needs_token("GET") and not self.access.token_ok(
+            self.request.headers.get("Authorization"), self.get_query_argument("access_token", None)
+        ):
+            raise tornado.web.HTTPError(401, reason="this needs the API token")
         since = self.get_query_argument("since", None)
         if since is not None and not since.isdigit():
             raise tornado.web.HTTPError(400, reason="since must be a whole number")

@@ -30,7 +30,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from calo.jobs import PENDING, Outcome, now_ms
+from calo.jobs import PENDING, Outcome, iso_utc, now_ms
 from calo.store import StoreError, Writer
 from calo.throttle import UpstreamGate
 from calo.unsplash import RateLimited, TransientError, UpstreamError
@@ -66,6 +66,8 @@ class Scheduler:
         self._ready: collections.deque[tuple[int, str]] = collections.deque()  # due, no photo yet
         self._spares: collections.deque[dict[str, Any]] = collections.deque()  # fetched, unused
         self._in_flight = 0
+        self._settling = 0  # outcomes handed to the writer, not yet confirmed
+        self._told_rate_limit_until = 0  # the rate-limit pause the waiting jobs were told of
         self._timer: object | None = None
         self._timer_at: int | None = None
         self._stopping = False
@@ -94,6 +96,10 @@ class Scheduler:
             "fetches_in_flight": self._in_flight, "spare_photos": len(self._spares),
         }
 
+    def pending_count(self) -> int:
+        """Jobs this schedule still has to settle (an upper bound on pending jobs)."""
+        return len(self._heap) + len(self._ready) + self._settling
+
     def next_due_at(self) -> int | None:
         return self._heap[0][0] if self._heap else None
 
@@ -116,8 +122,12 @@ class Scheduler:
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         now = self._clock()
+        newly_due = []
         while self._heap and self._heap[0][0] <= now:
-            self._ready.append(heapq.heappop(self._heap))
+            newly_due.append(heapq.heappop(self._heap))
+        self._ready.extend(newly_due)
+        if newly_due and self._told_rate_limit_until > now:
+            self._tell_waiting_for_rate_limit(newly_due, now)
         self._pump()
 
     def _pump(self) -> None:
@@ -128,6 +138,9 @@ class Scheduler:
         while self._ready and self._spares:
             due_at, job_id = self._ready.popleft()
             self._settle(Outcome(job_id, now, image=self._spares.popleft()), due_at)
+        if self._ready and self._gate.rate_limited_until > max(now, self._told_rate_limit_until):
+            self._told_rate_limit_until = self._gate.rate_limited_until
+            self._tell_waiting_for_rate_limit(self._ready, now)
         # Photos already on their way count: one batch serves up to `batch` waiting jobs.
         while len(self._ready) > self._in_flight * self._batch and self._gate.allowed_now(now, self._in_flight):
             self._start_fetch()
@@ -198,13 +211,24 @@ class Scheduler:
             )
             self._settle(outcome, due_at)
 
+    def _tell_waiting_for_rate_limit(self, jobs: Iterable[tuple[int, str]], now: int) -> None:
+        """Record on each job (no try counted) that it waits for the request budget; the
+        jobs keep their place in line."""
+        message = f"waiting for the Unsplash rate limit to reset (until {iso_utc(self._gate.rate_limited_until)})"
+        for _, job_id in jobs:
+            outcome = Outcome(job_id, now, error_code="rate_limited", error_message=message,
+                              final=False, attempted=False)
+            self._loop.add_future(self._writer.apply_outcome(outcome), _log_write_failure)
+
     # -- outcomes --------------------------------------------------------------------------
 
     def _settle(self, outcome: Outcome, due_at: int) -> None:
+        self._settling += 1
         future = self._writer.apply_outcome(outcome)
         self._loop.add_future(future, functools.partial(self._settled, outcome.job_id, due_at))
 
     def _settled(self, job_id: str, due_at: int, future: concurrent.futures.Future) -> None:
+        self._settling -= 1
         try:
             status = future.result()
         except StoreError as exc:
@@ -215,3 +239,7 @@ class Scheduler:
             self._ready.append((due_at, job_id))
             self._pump()
 
+
+def _log_write_failure(future: concurrent.futures.Future) -> None:
+    if future.exception() is not None:
+        log.error("could not record a job's waiting state: %s", future.exception())

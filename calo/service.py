@@ -17,7 +17,13 @@ import random
 
 from calo.jobs import Job, draw_delay, now_ms
 from calo.scheduler import Scheduler
-from calo.store import CreateResult, Event, Reader, Writer
+from calo.store import CreateResult, Event, NotRetryable, Reader, Writer
+
+__all__ = ["JobService", "NotRetryable", "Overloaded"]
+
+
+class Overloaded(Exception):
+    """Too many jobs are pending; the client should try again later."""
 
 
 class JobService:
@@ -28,8 +34,10 @@ class JobService:
         writer: Writer,
         scheduler: Scheduler,
         delays: tuple[float, float, float],
+        max_pending: int,
         rng: random.Random | None = None,
     ):
+        self._max_pending = max_pending
         self._reader = reader
         self._writer = writer
         self._scheduler = scheduler
@@ -45,6 +53,15 @@ class JobService:
         if result.created:
             self._scheduler.add(job.id, job.due_at)
         return result
+
+    async def retry_job(self, job_id: str) -> str | None:
+        """Put a failed job back to pending, due now; its new document, or None if there
+        is no such job. Raises NotRetryable if it is not failed."""
+        job_json = await asyncio.wrap_future(self._writer.retry_job(job_id, now_ms()))
+        if job_json is not None:
+            job = Job.from_json(job_json)
+            self._scheduler.add(job.id, job.due_at)
+        return job_json
 
     def job_json(self, job_id: str) -> str | None:
         return self._reader.job(job_id)

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from calo.jobs import CREATED, PENDING, Job, Outcome, now_ms
+from calo.jobs import CREATED, FAILED, PENDING, RETRIED, Job, Outcome, now_ms
 
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
@@ -72,6 +72,14 @@ class Event(NamedTuple):
     type: str
     job_id: str
     job_json: str
+
+
+class NotRetryable(Exception):
+    """Only a failed job can be retried; `status` is the job's current one."""
+
+    def __init__(self, status: str):
+        super().__init__(f"job is {status}, not failed")
+        self.status = status
 
 
 class CreateResult(NamedTuple):
@@ -163,6 +171,30 @@ class Database:
             self.close()
             raise StoreError(f"cannot open {self.path}: {exc}") from None
 
+    def import_jobs(self, job_docs: list[str]) -> int:
+        """Fill an EMPTY database with these job documents (from a JSON export), in one
+        transaction. Raises StoreError, changing nothing, if it already holds jobs."""
+        try:
+            jobs = [Job.from_json(doc) for doc in job_docs]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"import refused, a job in the export is not valid: {exc!r}") from None
+        conn = _connect(self.path, readonly=False)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT EXISTS (SELECT 1 FROM jobs)").fetchone()[0]:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"{self.path} already holds jobs; import only into an empty or missing database")
+            rows = ((job.id, job.status, job.due_at, job.to_json()) for job in jobs)
+            conn.executemany("INSERT INTO jobs (id, status, due_at, doc) VALUES (?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"import failed, nothing was changed: {exc}") from None
+        finally:
+            conn.close()
+        return len(jobs)
+
     def reader(self) -> Reader:
         """A new Reader, to be used only on the calling thread."""
         return Reader(self.path)
@@ -189,6 +221,10 @@ class Reader:
     def job(self, job_id: str) -> str | None:
         """The job's JSON document, or None."""
         row = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def job_by_idempotency_key(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT doc FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
@@ -291,6 +327,25 @@ def _apply_outcome(outcome: Outcome) -> WriteFn:
     return write
 
 
+def _retry_job(job_id: str, at: int) -> WriteFn:
+    def write(conn: sqlite3.Connection, events: list[Event]) -> str | None:
+        row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        job = Job.from_json(row[0])
+        if job.status != FAILED:
+            raise NotRetryable(job.status)
+        job.retry(at)
+        conn.execute(
+            "UPDATE jobs SET status = ?, due_at = ?, doc = ? WHERE id = ?",
+            (job.status, job.due_at, job.to_json(), job.id),
+        )
+        _append_event(conn, events, RETRIED, job)
+        return job.to_json()
+
+    return write
+
+
 def _prune_events(older_than_ms: int) -> WriteFn:
     def write(conn: sqlite3.Connection, events: list[Event]) -> int:
         return conn.execute("DELETE FROM events WHERE created_at < ?", (older_than_ms,)).rowcount
@@ -330,6 +385,11 @@ class Writer:
     def apply_outcome(self, outcome: Outcome) -> concurrent.futures.Future:
         """Future of the job's new status, or None if it was not pending."""
         return self._submit(_apply_outcome(outcome))
+
+    def retry_job(self, job_id: str, at: int) -> concurrent.futures.Future:
+        """Future of the job's new document (pending, due at `at`), None if there is no
+        such job; raises NotRetryable unless it is failed."""
+        return self._submit(_retry_job(job_id, at))
 
     def prune_events(self, older_than_ms: int) -> concurrent.futures.Future:
         return self._submit(_prune_events(older_than_ms))

@@ -19,8 +19,9 @@ RATE_LIMIT_PAUSE_MS = 3_600_000  # Unsplash's budget is per hour, and its reset 
 
 
 class UpstreamGate:
-    def __init__(self, workers: int, rng: random.Random | None = None):
+    def __init__(self, workers: int, rate_limit_pause_ms: int = RATE_LIMIT_PAUSE_MS, rng: random.Random | None = None):
         self._workers = workers
+        self._rate_limit_pause_ms = rate_limit_pause_ms
         self._rng = rng or random.Random()
         self.failures = 0  # consecutive failed calls
         self.open_at = 0  # ms since the epoch; no call starts before this
@@ -34,6 +35,9 @@ class UpstreamGate:
             return False
         limit = 1 if self.failures else self._workers  # one probe at a time while failing
         return in_flight < limit
+
+    def is_rate_limited(self, now: int) -> bool:
+        return now < self.rate_limited_until
 
     def succeeded(self, limit: int | None, remaining: int | None, now: int) -> None:
         self.failures = 0
@@ -51,5 +55,5 @@ class UpstreamGate:
 
     def rate_limited(self, now: int) -> None:
         self.rate_remaining = 0
-        self.rate_limited_until = now + RATE_LIMIT_PAUSE_MS
+        self.rate_limited_until = now + self._rate_limit_pause_ms
         self.open_at = max(self.open_at, self.rate_limited_until)

@@ -138,7 +138,8 @@ class UnsplashSource:
 
     name = "unsplash"
 
-    def __init__(self, api_url: str, access_key: str):
+    def __init__(self, api_url: str, access_key: str, read_timeout: float = READ_TIMEOUT):
+        self._timeout = (CONNECT_TIMEOUT, read_timeout)
         self._endpoint = api_url.rstrip("/") + "/photos/random"
         self._headers = {"Authorization": f"Client-ID {access_key}", "Accept-Version": "v1"}
         self._local = threading.local()
@@ -159,7 +160,7 @@ class UnsplashSource:
         try:
             response = self._session().get(
                 self._endpoint, params=params, headers=self._headers,
-                timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
+                timeout=self._timeout,
             )
         except requests.Timeout:
             raise TransientError("Unsplash did not answer in time") from None

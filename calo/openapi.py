@@ -1,0 +1,172 @@
+"""The OpenAPI 3 description of the REST API, served at `/openapi.json`.
+
+Owns the machine-readable contract. The test suite checks real responses against it and
+runs schemathesis (property-based requests) against a running server, so this document
+and `calo/api.py` cannot drift apart unnoticed.
+
+Must never: describe behaviour the handlers do not have.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tornado.web
+
+from calo import __version__
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+STRING, INTEGER, NUMBER = {"type": "string"}, {"type": "integer"}, {"type": "number"}
+TIME = {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"}
+
+IMAGE = {
+    "type": "object",
+    "required": ["source", "url", "thumb_url", "width", "height", "color", "blur_hash", "alt",
+                 "photographer", "unsplash_url"],
+    "properties": {
+        "source": {"type": "string", "enum": ["unsplash", "demo"]},
+        "url": STRING,
+        "thumb_url": _nullable(STRING),
+        "width": _nullable(INTEGER),
+        "height": _nullable(INTEGER),
+        "color": _nullable(STRING),
+        "blur_hash": _nullable(STRING),
+        "alt": _nullable(STRING),
+        "photographer": _nullable({
+            "type": "object",
+            "required": ["name", "profile_url"],
+            "properties": {"name": _nullable(STRING), "profile_url": _nullable(STRING)},
+        }),
+        "unsplash_url": _nullable(STRING),
+    },
+}
+
+ERROR_DETAIL = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": STRING, "message": STRING},
+    "additionalProperties": False,
+}
+
+SCHEMAS = {
+    "Job": {
+        "type": "object",
+        "required": ["id", "status", "result", "created_at", "due_at", "resolved_at",
+                     "delay_seconds", "attempts", "error", "image"],
+        "properties": {
+            "id": STRING,
+            "status": {"type": "string", "enum": ["pending", "resolved", "failed"]},
+            "result": _nullable({**STRING, "description": "the photo URL once resolved"}),
+            "created_at": TIME,
+            "due_at": TIME,
+            "resolved_at": _nullable(TIME),
+            "delay_seconds": {**NUMBER, "minimum": 0},
+            "attempts": {**INTEGER, "minimum": 0},
+            "error": _nullable(ERROR_DETAIL),
+            "image": _nullable(IMAGE),
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": ERROR_DETAIL},
+        "additionalProperties": False,
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {400: "bad parameter, body or header", 401: "the API token is required",
+               404: "no such job", 409: "the job is not failed", 413: "body over 64 KiB",
+               503: "too many pending jobs; see Retry-After"}
+    return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
+
+
+JOB_ID = {"name": "id", "in": "path", "required": True, "schema": STRING}
+LOCATION = {"Location": {"schema": STRING, "description": "/jobs/{id}"}}
+
+PATHS = {
+    "/jobs": {
+        "get": {
+            "summary": "List jobs, newest first",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "resolved", "failed"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "cursor", "in": "query", "schema": STRING,
+                 "description": "opaque; take it from the Link header's next URL"},
+            ],
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Job")}, "a page of jobs",
+                             {"Link": {"schema": STRING, "description": '<url>; rel="next" when there is more'}}),
+                **_errors(400, 401),
+            },
+        },
+        "post": {
+            "summary": "Create a job",
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header",
+                 "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,200}$"},
+                 "description": "a repeated key returns the same job (200) and creates nothing"},
+            ],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {
+                "201": _json(_ref("Job"), "created, durably", LOCATION),
+                "200": _json(_ref("Job"), "this key was used before: that job", LOCATION),
+                **_errors(400, 401, 413, 503),
+            },
+        },
+    },
+    "/jobs/{id}": {
+        "get": {
+            "summary": "One job",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(_ref("Job"), "the job"), **_errors(401, 404)},
+        },
+    },
+    "/jobs/{id}/retry": {
+        "post": {
+            "summary": "Put a failed job back to pending, due now",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(_ref("Job"), "the job, pending again"), **_errors(401, 404, 409, 413)},
+        },
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Calo Jobs",
+        "version": __version__,
+        "description": "Delayed jobs that fetch a random food photo from Unsplash. "
+        "Live updates: the /ws WebSocket (see the README).",
+    },
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "only when CALO_API_TOKEN is set"}},
+    },
+}
+DOCUMENT_JSON = json.dumps(DOCUMENT, indent=1)
+
+
+class OpenApiHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(DOCUMENT_JSON)

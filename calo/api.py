@@ -48,10 +48,11 @@ ERROR_CODES = {
 class ApiError(tornado.web.HTTPError):
     """An error answered as JSON with a stable machine-readable `code`."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(status, log_message=message)
         self.code = code
         self.message = message
+        self.headers = headers or {}  # set on the error answer (send_error clears others)
 
 
 @tornado.web.stream_request_body  # so an oversized body is refused before it is read
@@ -83,8 +84,8 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.access.needs_token(self.request.method) and not self.access.token_ok(
             self.request.headers.get("Authorization")
         ):
-            self.set_header("WWW-Authenticate", 'Bearer realm="calo"')
-            raise ApiError(401, "unauthorized", "this needs 'Authorization: Bearer <token>'")
+            raise ApiError(401, "unauthorized", "this needs 'Authorization: Bearer <token>'",
+                           {"WWW-Authenticate": 'Bearer realm="calo"'})
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         # An id that is not UTF-8 names no job: that is a 404, not Tornado's 400.
@@ -115,6 +116,8 @@ class ApiHandler(tornado.web.RequestHandler):
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             code, message = error.code, error.message
+            for name, value in error.headers.items():
+                self.set_header(name, value)
         else:  # Tornado's own errors (405, a bad request line) and unexpected exceptions
             code = ERROR_CODES.get(status_code, "internal_error" if status_code >= 500 else "error")
             message = self._reason if status_code < 500 else "internal server error"
@@ -180,8 +183,8 @@ class JobsHandler(ApiHandler):
         try:
             created = await self.service.create_job(key)
         except Overloaded as exc:
-            self.set_header("Retry-After", str(OVERLOAD_RETRY_AFTER_SECONDS))
-            raise ApiError(503, "too_many_pending_jobs", str(exc)) from None
+            raise ApiError(503, "too_many_pending_jobs", str(exc),
+                           {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}) from None
         job_id = json.loads(created.job_json)["id"]
         self.set_header("Location", f"/jobs/{job_id}")
         self.write_json(created.job_json, 201 if created.created else 200)

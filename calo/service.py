@@ -46,7 +46,13 @@ class JobService:
 
     async def create_job(self, idempotency_key: str | None) -> CreateResult:
         """Commit a new pending job durably, then schedule it. With a key used before,
-        return that job instead and create nothing."""
+        return that job instead and create nothing. Raises Overloaded when too many jobs
+        are pending (a repeated key still gets its job: that creates nothing)."""
+        if self._scheduler.pending_count() >= self._max_pending:
+            earlier = self._reader.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if earlier is not None:
+                return CreateResult(earlier, created=False)
+            raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())
         result = await asyncio.wrap_future(self._writer.create_job(job, idempotency_key))

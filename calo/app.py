@@ -2,8 +2,9 @@
 
 Owns which part talks to which, and the order they start and stop in:
 start: database (lock, migrate) -> writer thread -> IOLoop reader -> scheduler (recovery)
--> JSON exporter -> upkeep; stop: upkeep -> scheduler (grace for in-flight fetches) -> writer (commits what
-is queued) -> exporter (final flush) -> reader -> database lock.
+-> JSON exporter -> upkeep -> health checks and metrics; stop: /readyz says 503 -> upkeep
+-> scheduler (grace for in-flight fetches) -> writer (commits what is queued) -> exporter
+(final flush) -> reader -> database lock.
 
 Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread. The one place work
 crosses from another thread to the IOLoop is `_on_commit` (writer thread), which hands
@@ -25,9 +26,12 @@ from calo.access import AccessPolicy
 from calo.api import JobHandler, JobsHandler, NotFoundHandler, RetryHandler
 from calo.config import Settings
 from calo.export import JsonExporter
+from calo.health import Health, HealthzHandler, ReadyzHandler
 from calo.live import EventsSocket, Hub
+from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
 from calo.openapi import OpenApiHandler
 from calo.pages import IndexHandler
+from calo.requestlog import RequestIdTransform, log_request
 from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.store import Database, Event
@@ -54,7 +58,9 @@ def find_web_root() -> str:
     return candidates[0]
 
 
-def make_app(service: JobService, hub: Hub, access: AccessPolicy, web_root: str) -> tornado.web.Application:
+def make_app(
+    service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
+) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers."""
     api = {"service": service, "access": access}
     routes = [
@@ -64,8 +70,11 @@ def make_app(service: JobService, hub: Hub, access: AccessPolicy, web_root: str)
         (r"/jobs/([^/]+)", JobHandler, api),
         (r"/jobs/([^/]+)/retry", RetryHandler, api),
         (r"/ws", EventsSocket, {"service": service, "hub": hub, "access": access}),
+        (r"/healthz", HealthzHandler),
+        (r"/readyz", ReadyzHandler, {"health": health}),
+        (r"/metrics", MetricsHandler, {"metrics": metrics}),
     ]
-    return tornado.web.Application(
+    app = tornado.web.Application(
         routes,
         static_path=os.path.join(web_root, "static"),
         template_path=os.path.join(web_root, "templates"),
@@ -73,7 +82,10 @@ def make_app(service: JobService, hub: Hub, access: AccessPolicy, web_root: str)
         default_handler_args=api,
         websocket_ping_interval=WEBSOCKET_PING_SECONDS,
         websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
+        log_function=log_request,  # one logfmt line per request, with its X-Request-Id
     )
+    app.add_transform(RequestIdTransform)
+    return app
 
 
 def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
@@ -88,7 +100,8 @@ class Calo:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.web_root = find_web_root()
-        self.source = make_source(settings, self.web_root)
+        self.metrics = Metrics()
+        self.source = MeteredSource(make_source(settings, self.web_root), self.metrics.upstream_requests)
         self.hub = Hub()
         self._loop = IOLoop.current()
         self.database: Database | None = None
@@ -103,9 +116,10 @@ class Calo:
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
+        self.gate = UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000))
         self.scheduler = Scheduler(
             source=self.source, writer=self.writer, pool=self.pool,
-            gate=UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000)), batch=settings.unsplash_batch,
+            gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
         )
         self.service = JobService(
@@ -117,20 +131,40 @@ class Calo:
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
         self.exporter.start()
-        self.upkeep = Upkeep(self.writer, settings.event_retention)
+        self.upkeep = Upkeep(
+            self.writer, settings.event_retention, retain_days=settings.retain_days,
+            on_jobs_deleted=self.exporter.mark_changed,
+        )
         self.upkeep.start()
+        self._start_watching({"pending_at_start": len(pending), "overdue_at_start": overdue})
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
-        return make_app(self.service, self.hub, access, self.web_root)
+        return make_app(self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics)
+
+    def _start_watching(self, recovery: dict[str, int]) -> None:
+        """Health checks, and the metrics that read the parts at scrape time."""
+        self.health = Health(
+            reader=self.reader, writer=self.writer, scheduler=self.scheduler, gate=self.gate,
+            demo=self.source.name == "demo", recovery=recovery, stuck_after=self.settings.stuck_after,
+        )
+        self.metrics.registry.register(LiveCollector(
+            reader=self.reader, scheduler=self.scheduler, source=self.source, gate=self.gate,
+            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter,
+        ))
+        self.loop_lag = LoopLag(self.metrics.loop_lag)
+        self.loop_lag.start()
 
     def _on_commit(self, events: list[Event]) -> None:
         """Writer thread: hand the committed events to the IOLoop and the exporter."""
         self._loop.add_callback(self.hub.publish, events)
         self.exporter.mark_changed()
+        self.metrics.observe_committed(events)
 
     async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Finish in-flight fetches (up to the grace period), commit, flush, close."""
         if self.database is None:
             return
+        self.health.shutting_down = True  # /readyz answers 503 from now on
+        self.loop_lag.stop()
         self.upkeep.stop()
         await self.scheduler.stop(grace_seconds)
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,7 @@
 """The entry point of `python server.py` and `calo-server`: parse, build, listen, stop.
 
 Owns the process: settings from flags and environment, logging, the listening socket,
-signals, and exit codes (0 after a clean stop; 2 for a bad setting; 1 when the data dir
+signals, telling systemd when it is ready and stopping (calo.systemd), and exit codes (0 after a clean stop; 2 for a bad setting; 1 when the data dir
 or the port cannot be used). Every failure a user can cause is one clear line on stderr,
 never a traceback.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from calo.config import ConfigError, Settings, help_text, parse_settings
 from calo.export import read_export
 from calo.logs import configure_logging
 from calo.store import Database, StoreError
+from calo.systemd import SystemdLink
 
 MAX_BODY_BYTES = 1 << 20  # the API refuses bodies over 64 KiB with a 413; past this, the
 # connection is closed before the body is read
@@ -58,6 +60,7 @@ async def serve(settings: Settings) -> None:
         app = calo.start()
     except StoreError as exc:
         raise StartupError(str(exc)) from None
+    systemd = SystemdLink.from_environ(os.environ, calo.health)  # does nothing outside systemd
     server = HTTPServer(
         app,
         # A client that sends its headers or body too slowly is cut off; others never wait.
@@ -71,9 +74,11 @@ async def serve(settings: Settings) -> None:
             "ready url=http://%s:%d data_dir=%s images=%s workers=%d",
             settings.host, port, settings.data_dir, calo.source.describe(), settings.workers,
         )
+        systemd.ready()  # the database is open, recovery has run, and the port listens
         await stop_requested.wait()
         log.info("stopping: no new connections, finishing in-flight work")
     finally:
+        systemd.stopping()
         server.stop()
         await calo.stop(settings.shutdown_grace)
         await server.close_all_connections()

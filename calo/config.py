@@ -54,6 +54,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _optional_days(text: str) -> float | None:
+    if not text:
+        return None  # unset: keep forever
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a number of days greater than 0")
+    return value
+
+
 def _text(text: str) -> str:
     return text
 
@@ -115,6 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a client may take to send a request's headers or body"),
     Setting("shutdown_grace", "--shutdown-grace", ("CALO_SHUTDOWN_GRACE",), _seconds, 10.0,
             "seconds in-flight Unsplash calls may finish in after SIGTERM/SIGINT"),
+    Setting("retain_days", "--retain-days", ("CALO_RETAIN_DAYS",), _optional_days, None,
+            "days resolved and failed jobs are kept (fractions allowed); unset keeps every job forever"),
+    Setting("stuck_after", "--stuck-after", ("CALO_STUCK_AFTER",), _seconds, 60.0,
+            "seconds a due job may wait with Unsplash healthy before the server counts itself "
+            "stuck: /readyz answers 503 and the systemd watchdog is not pinged"),
     Setting("allowed_origins", "--allowed-origins", ("CALO_ALLOWED_ORIGINS",), _origins, (),
             "comma-separated origins (https://host:port) allowed to use the WebSocket and, by CORS, the API"),
     Setting("private", "--private", ("CALO_PRIVATE",), _flag, False,
@@ -153,6 +167,8 @@ class Settings:
     max_pending: int
     client_timeout: float
     shutdown_grace: float
+    retain_days: float | None
+    stuck_after: float
     allowed_origins: tuple[str, ...]
     private: bool
     import_json: str | None

@@ -58,7 +58,11 @@ class JsonExporter:
         self._changed = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="calo-export", daemon=True)
+        # What the last export did, for /metrics. Written by the export thread only;
+        # readers on other threads see whole values (plain attribute stores).
+        self.last_run_at: int | None = None
         self.last_duration: float | None = None
+        self.last_ok: bool | None = None
         self.last_count = 0
 
     def start(self) -> None:
@@ -91,13 +95,13 @@ class JsonExporter:
             reader.close()
 
     def _export_logged(self, reader) -> None:
-        started = now_ms()
+        started, ok = now_ms(), False
         try:
             self.last_count = self.export(reader)
+            ok = True
         except OSError as exc:  # e.g. a full disk: keep serving, try again on the next change
             log.error("JSON export to %s failed: %s", self.path, exc)
-            return
-        self.last_duration = (now_ms() - started) / 1000
+        self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
 
     def export(self, reader) -> int:
         """Write every job to `jobs.json`; returns how many."""

@@ -24,6 +24,9 @@ class LogfmtFormatter(logging.Formatter):
             f"ts={iso_utc(int(record.created * 1000))} level={record.levelname.lower()} "
             f"logger={record.name} msg={_quote(record.getMessage())}"
         )
+        # Structured fields: log.info("request", extra={"fields": {"status": 200}})
+        for key, value in getattr(record, "fields", {}).items():
+            line += f" {key}={_quote(str(value))}"
         if record.exc_info:
             line += f" exc={_quote(self.formatException(record.exc_info))}"
         return line

@@ -132,12 +132,12 @@ class Scheduler:
 
     def _pump(self) -> None:
         """Give due jobs spare photos, start fetches for the rest, re-arm the timer."""
-        if self._stopping:
-            return
         now = self._clock()
-        while self._ready and self._spares:
+        while self._ready and self._spares:  # also while stopping: photos fetched in the grace period
             due_at, job_id = self._ready.popleft()
             self._settle(Outcome(job_id, now, image=self._spares.popleft()), due_at)
+        if self._stopping:
+            return
         if self._ready and self._gate.rate_limited_until > max(now, self._told_rate_limit_until):
             self._told_rate_limit_until = self._gate.rate_limited_until
             self._tell_waiting_for_rate_limit(self._ready, now)

@@ -3,7 +3,8 @@
 Owns every SQL statement in Calo Jobs and the files `calo.db` (plus its WAL) and
 `calo.lock` in the data dir. Jobs are kept as their public JSON document (`jobs.doc`)
 with the fields that are queried (status, due time, idempotency key) as indexed columns.
-Every change of a job appends an event to `events` in the same transaction.
+Every change of a job appends an event to `events` in the same transaction. Triggers keep
+`job_counts` (jobs per status) in step with `jobs`, so counting never scans the table.
 
 Threads:
 - `Reader` wraps one read-only connection and must be used on the thread that made it
@@ -12,7 +13,8 @@ Threads:
 - `Writer` owns the only write connection on its own thread. Callers submit operations
   and get a `concurrent.futures.Future`; operations that arrive together are committed in
   one transaction (group commit, `synchronous=FULL`). After each commit the events it
-  appended go to the `on_commit` callable, called on the writer thread.
+  appended go to the `on_commit` callable, called on the writer thread. A WAL checkpoint
+  runs on the same thread, between two groups, outside any transaction.
 
 Must never: import Tornado, block its caller on a commit, or let one failing operation
 undo the others of its group.
@@ -30,12 +32,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from calo.jobs import CREATED, FAILED, PENDING, RETRIED, Job, Outcome, now_ms
+from calo.jobs import CREATED, FAILED, PENDING, RETRIED, Job, Outcome, iso_utc, now_ms
 
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
 BUSY_TIMEOUT_MS = 5000
 MAX_GROUP = 512  # operations committed together at most; bounds one transaction's time
+CHECKPOINT_BUSY_MS = 200  # a checkpoint waits this long for readers, then leaves the rest for next time
 
 # Each migration (a tuple of statements) runs in the same transaction as the
 # `user_version` bump that records it. Append new ones; never edit a released one.
@@ -59,6 +62,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             job TEXT NOT NULL                        -- the job's document after the change
         )""",
         "CREATE INDEX events_by_time ON events(created_at)",
+    ),
+    (
+        # Jobs by status, kept by triggers in the same transaction as every change, so
+        # that /metrics and systemd's STATUS read three rows instead of counting them all.
+        "CREATE TABLE job_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO job_counts SELECT status, COUNT(*) FROM jobs GROUP BY status",
+        """CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO job_counts VALUES (NEW.status, 1) ON CONFLICT(status) DO UPDATE SET n = n + 1;
+        END""",
+        """CREATE TRIGGER job_counts_update AFTER UPDATE OF status ON jobs
+        WHEN OLD.status IS NOT NEW.status BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+            INSERT INTO job_counts VALUES (NEW.status, 1) ON CONFLICT(status) DO UPDATE SET n = n + 1;
+        END""",
+        """CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
+        END""",
     ),
 )
 
@@ -153,6 +173,10 @@ def _create_or_upgrade(path: str) -> None:
         # WAL must be set outside any transaction; it persists in the file.
         conn.execute("PRAGMA journal_mode = WAL")
         _migrate(conn)
+        # Take the write lock once now: a database some other program holds locked is
+        # an error at start-up, not a failed write at the first POST.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
     finally:
         conn.close()
 
@@ -246,8 +270,16 @@ class Reader:
         return self._conn.execute(sql, (PENDING,)).fetchall()
 
     def count_by_status(self) -> dict[str, int]:
-        rows = self._conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        """Jobs per status; three rows kept by triggers, not a count of the table."""
+        rows = self._conn.execute("SELECT status, n FROM job_counts WHERE n > 0")
         return dict(rows.fetchall())
+
+    def oldest_pending(self) -> tuple[str, int] | None:
+        """(id, due_at) of the pending job due first, or None. One index step: the
+        partial index is named because the planner would otherwise scan by status."""
+        sql = ("SELECT id, due_at FROM jobs INDEXED BY jobs_pending_by_due"
+               " WHERE status = 'pending' ORDER BY due_at LIMIT 1")
+        return self._conn.execute(sql).fetchone()
 
     def latest_seq(self) -> int:
         """The highest event seq ever assigned (0 if none), even if since pruned."""
@@ -280,6 +312,7 @@ WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
 class _Op:
     fn: WriteFn
     future: concurrent.futures.Future
+    bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
 
 
 def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job) -> None:
@@ -353,6 +386,56 @@ def _prune_events(older_than_ms: int) -> WriteFn:
     return write
 
 
+def _nothing(conn: sqlite3.Connection, events: list[Event]) -> None:
+    """A write that changes nothing: proves the writer takes the write lock and commits."""
+
+
+class DeletedBatch(NamedTuple):
+    deleted: int
+    last_num: int  # where the next batch starts (exclusive)
+    done: bool  # reached jobs created after the cutoff: nothing older is left to look at
+
+
+def _delete_settled_jobs(cutoff_ms: int, after_num: int, limit: int) -> WriteFn:
+    """Delete resolved and failed jobs settled before the cutoff, walking at most `limit`
+    jobs in creation order from `after_num`: a bounded step on the primary key, not a
+    scan. The walk ends at the first job created after the cutoff (none later can have
+    settled before it); pending jobs and late settlers on the way are kept and stepped over."""
+    cutoff = iso_utc(cutoff_ms)  # documents hold ISO times, which sort like the times
+
+    def write(conn: sqlite3.Connection, events: list[Event]) -> DeletedBatch:
+        rows = conn.execute(
+            "SELECT num, status, json_extract(doc, '$.created_at'), json_extract(doc, '$.resolved_at')"
+            " FROM jobs WHERE num > ? ORDER BY num LIMIT ?", (after_num, limit),
+        ).fetchall()
+        doomed, last_num = [], after_num
+        for num, status, created_at, resolved_at in rows:
+            if created_at >= cutoff:
+                return DeletedBatch(_delete_nums(conn, doomed), last_num, done=True)
+            if status != PENDING and resolved_at is not None and resolved_at < cutoff:
+                doomed.append(num)
+            last_num = num
+        return DeletedBatch(_delete_nums(conn, doomed), last_num, done=len(rows) < limit)
+
+    return write
+
+
+def _delete_nums(conn: sqlite3.Connection, nums: list[int]) -> int:
+    conn.executemany("DELETE FROM jobs WHERE num = ?", ((num,) for num in nums))
+    return len(nums)
+
+
+def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int, int]:
+    """Copy the WAL into the database and truncate it, waiting at most briefly for
+    readers (the writer thread must not stall): (busy, wal frames, frames copied).
+    busy=1 means a reader held an old snapshot; the next checkpoint finishes the job."""
+    conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
+    try:
+        return tuple(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
 _STOP = object()
 
 
@@ -394,8 +477,21 @@ class Writer:
     def prune_events(self, older_than_ms: int) -> concurrent.futures.Future:
         return self._submit(_prune_events(older_than_ms))
 
-    def _submit(self, fn: WriteFn) -> concurrent.futures.Future:
-        op = _Op(fn, concurrent.futures.Future())
+    def ping(self) -> concurrent.futures.Future:
+        """Future of None once an empty write transaction has committed (health check)."""
+        return self._submit(_nothing)
+
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> concurrent.futures.Future:
+        """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
+        return self._submit(_delete_settled_jobs(cutoff_ms, after_num, limit))
+
+    def checkpoint(self) -> concurrent.futures.Future:
+        """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
+        on this thread outside any transaction (SQLite refuses one inside)."""
+        return self._submit(_checkpoint, bare=True)
+
+    def _submit(self, fn: WriteFn, bare: bool = False) -> concurrent.futures.Future:
+        op = _Op(fn, concurrent.futures.Future(), bare)
         self._queue.put(op)
         return op.future
 
@@ -424,9 +520,20 @@ class Writer:
         if _STOP in group:
             stopping = True
             group = [op for op in group if op is not _STOP]
+        bare = [op for op in group if op.bare]
+        group = [op for op in group if not op.bare]
         if group:
             self._commit(conn, group)
+        for op in bare:
+            self._run_bare(conn, op)
         return not stopping
+
+    @staticmethod
+    def _run_bare(conn: sqlite3.Connection, op: _Op) -> None:
+        try:
+            op.future.set_result(op.fn(conn, []))
+        except sqlite3.Error as exc:
+            op.future.set_exception(StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         events: list[Event] = []

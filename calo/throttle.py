@@ -5,13 +5,22 @@ upstream backs off (exponential, full jitter, capped), and only one request at a
 probes it until one succeeds, so the calls per minute stay bounded however many jobs are
 due. When the request budget is spent, every call waits until the window can have reset.
 
+It logs when its state changes (failing, recovered, rate limited), and `state()` says
+what it is now, for `/readyz` and `/metrics`.
+
 Threads: IOLoop thread only (plain state, no locks).
-Must never: sleep, do I/O, or know about jobs.
+Must never: sleep, do I/O beyond those log lines, or know about jobs.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from typing import Any
+
+from calo.jobs import iso_utc
+
+log = logging.getLogger("calo.upstream")
 
 BACKOFF_BASE_MS = 500
 BACKOFF_CAP_MS = 60_000
@@ -28,6 +37,8 @@ class UpstreamGate:
         self.rate_limited_until = 0
         self.rate_limit: int | None = None
         self.rate_remaining: int | None = None
+        self.failing_since: int | None = None  # first failure of the current run of failures
+        self.healthy_since = 0  # the last recovery from failures (0: none yet)
 
     def allowed_now(self, now: int, in_flight: int) -> bool:
         """May one more call start now, with `in_flight` calls already running?"""
@@ -39,7 +50,19 @@ class UpstreamGate:
     def is_rate_limited(self, now: int) -> bool:
         return now < self.rate_limited_until
 
+    def state(self, now: int) -> dict[str, Any]:
+        """Read-only: "rate_limited" (with `until`), "failing" (with `since`), or "ok"
+        (with `since`: when calls last started working again, 0 if they never stopped)."""
+        if self.is_rate_limited(now):
+            return {"state": "rate_limited", "until": self.rate_limited_until}
+        if self.failures:
+            return {"state": "failing", "since": self.failing_since, "failures": self.failures}
+        return {"state": "ok", "since": max(self.healthy_since, self.rate_limited_until)}
+
     def succeeded(self, limit: int | None, remaining: int | None, now: int) -> None:
+        if self.failures:
+            log.info("upstream recovered after %d failed calls", self.failures)
+            self.healthy_since, self.failing_since = now, None
         self.failures = 0
         self.rate_limit, self.rate_remaining = limit, remaining
         if remaining == 0:  # the budget is spent: don't spend a call to learn it
@@ -47,6 +70,9 @@ class UpstreamGate:
 
     def failed(self, now: int) -> int:
         """A transient failure; returns the backoff in ms before the next call."""
+        if not self.failures:
+            log.warning("upstream failing since %s", iso_utc(now))
+            self.failing_since = now
         self.failures += 1
         ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** min(self.failures - 1, 20))
         backoff = self._rng.randint(ceiling // 2, ceiling)  # jitter spreads the retries
@@ -56,4 +82,5 @@ class UpstreamGate:
     def rate_limited(self, now: int) -> None:
         self.rate_remaining = 0
         self.rate_limited_until = now + self._rate_limit_pause_ms
+        log.warning("upstream rate limited until %s", iso_utc(self.rate_limited_until))
         self.open_at = max(self.open_at, self.rate_limited_until)

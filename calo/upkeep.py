@@ -1,8 +1,13 @@
 """Upkeep without cron: periodic tasks that run inside the server on the IOLoop.
 
-Owns the schedule of housekeeping: pruning events older than the retention. Each task
-only submits work to the writer thread and records when it ran and how long it took,
-so the IOLoop never waits on it.
+Owns the schedule of housekeeping, so that a server needs no cron:
+- `prune_events`: delete events older than `--event-retention`;
+- `checkpoint_wal`: copy the WAL into `calo.db` and truncate it (SQLite's own automatic
+  checkpoints never shrink the file after a burst of writes);
+- `retain_jobs` (only with `--retain-days`): delete resolved and failed jobs settled more
+  than that many days ago, in bounded batches, so other writes never wait long.
+Each task only submits work to the writer thread and records when it ran, how long it
+took and whether it worked (`/metrics` shows it), so the IOLoop never waits on it.
 
 Threads: IOLoop thread only (tornado PeriodicCallback).
 Must never: block the IOLoop, or run a task again while its previous run is unfinished.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from tornado.ioloop import PeriodicCallback
@@ -22,6 +28,10 @@ from calo.store import Writer
 log = logging.getLogger("calo.upkeep")
 
 PRUNE_EVERY_SECONDS = 600
+CHECKPOINT_EVERY_SECONDS = 300
+RETAIN_EVERY_SECONDS = 3600
+RETAIN_BATCH = 500  # jobs looked at per transaction: other writes wait one batch at most
+RETAIN_MAX_BATCHES = 200  # per run; a bigger backlog is finished by the next runs
 
 
 class Task:
@@ -33,6 +43,7 @@ class Task:
         self._running = False
         self.last_run_at: int | None = None
         self.last_duration: float | None = None
+        self.last_ok: bool | None = None
         self.last_result: object = None
         self._callback = PeriodicCallback(self.trigger, every_seconds * 1000, jitter=0.1)
 
@@ -45,27 +56,55 @@ class Task:
     async def trigger(self) -> None:
         if self._running:
             return
-        self._running, started = True, now_ms()
+        self._running, started, clock, ok = True, now_ms(), time.monotonic(), False
         try:
             self.last_result = await self._run()
+            ok = True
         except Exception:  # a failed run is logged and tried again next period
             log.exception("upkeep task %s failed", self.name)
         finally:
             self._running = False
-            self.last_run_at, self.last_duration = started, (now_ms() - started) / 1000
+            self.last_run_at, self.last_duration, self.last_ok = started, time.monotonic() - clock, ok
+
+
+def _every(longest: float, age_limit_seconds: float) -> float:
+    """How often to enforce an age limit: at half of it, but at most once a second and
+    at least every `longest` seconds."""
+    return min(longest, max(1.0, age_limit_seconds / 2))
 
 
 class Upkeep:
-    def __init__(self, writer: Writer, event_retention_seconds: float, prune_every: float = PRUNE_EVERY_SECONDS):
+    def __init__(
+        self,
+        writer: Writer,
+        event_retention_seconds: float,
+        *,
+        retain_days: float | None = None,
+        on_jobs_deleted: Callable[[], None] = lambda: None,
+        prune_every: float = PRUNE_EVERY_SECONDS,
+    ):
         self._writer = writer
         self._retention_ms = int(event_retention_seconds * 1000)
-        self.tasks = [Task("prune_events", min(prune_every, max(1.0, event_retention_seconds / 2)), self.prune_events)]
+        self._retain_ms = None if retain_days is None else int(retain_days * 86_400_000)
+        self._on_jobs_deleted = on_jobs_deleted  # e.g. refresh jobs.json: deleting adds no event
+        self._stopped = False
+        self.tasks = [
+            Task("prune_events", _every(prune_every, event_retention_seconds), self.prune_events),
+            Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal),
+        ]
+        if self._retain_ms is not None:
+            self.tasks.append(Task("retain_jobs", _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000), self.retain_jobs))
+
+    def task(self, name: str) -> Task:
+        return next(task for task in self.tasks if task.name == name)
 
     def start(self) -> None:
         for task in self.tasks:
             task.start()
 
     def stop(self) -> None:
+        """No new runs; a run in progress ends after its current batch."""
+        self._stopped = True
         for task in self.tasks:
             task.stop()
 
@@ -75,3 +114,27 @@ class Upkeep:
         if pruned:
             log.info("pruned %d events older than %d s", pruned, self._retention_ms // 1000)
         return pruned
+
+    async def checkpoint_wal(self) -> tuple[int, int, int]:
+        """Checkpoint and truncate the WAL (on the writer thread); returns SQLite's
+        (busy, wal frames, frames copied)."""
+        busy, frames, copied = await asyncio.wrap_future(self._writer.checkpoint())
+        if busy:  # a reader (the exporter, a long replay) held an old snapshot
+            log.info("WAL checkpoint left for next time: a reader is busy (%d of %d frames copied)", copied, frames)
+        return busy, frames, copied
+
+    async def retain_jobs(self) -> int:
+        """Delete resolved and failed jobs settled before the retention, batch by batch;
+        returns how many."""
+        cutoff, after, deleted = now_ms() - self._retain_ms, 0, 0
+        for _ in range(RETAIN_MAX_BATCHES):
+            if self._stopped:
+                break
+            batch = await asyncio.wrap_future(self._writer.delete_settled_jobs(cutoff, after, RETAIN_BATCH))
+            deleted, after = deleted + batch.deleted, batch.last_num
+            if batch.done:
+                break
+        if deleted:
+            log.info("deleted %d resolved or failed jobs older than %g days", deleted, self._retain_ms / 86_400_000)
+            self._on_jobs_deleted()
+        return deleted

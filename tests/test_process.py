@@ -115,10 +115,18 @@ def test_a_second_server_on_the_same_data_dir_is_refused(server_process, data_di
     assert "in use by another calo-server" in result.stderr and "Traceback" not in result.stderr
 
 
-def run_server(*flags, env=None):
+def run_server(*flags, env=None, timeout=30):
+    """`python server.py FLAGS` run to its end; for runs that should stop by themselves."""
     environ = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "server.py", *flags], cwd=ROOT, env=environ,
-                          capture_output=True, text=True, timeout=30)
+    process = subprocess.Popen([sys.executable, "server.py", *flags], cwd=ROOT, env=environ,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"server.py {' '.join(flags)} did not stop:\n{stderr}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_bad_settings_exit_nonzero_with_one_line_naming_the_setting(tmp_path):

@@ -1,0 +1,186 @@
+"""Health: is the process alive, and is it ready to do its job? `/healthz` and `/readyz`.
+
+Owns the checks and their two endpoints (JSON, `Cache-Control: no-store`):
+- GET /healthz -> 200 {"status": "alive"} whenever the IOLoop answers. Liveness only: if
+  this times out, the process is wedged and should be restarted.
+- GET /readyz -> 200 when every required check passes, else 503, with
+  {"ready": bool, "checks": {"database": {"ok", ...}, "recovery": {"ok", ...},
+   "scheduler": {"ok", "next_due_at", "oldest_overdue", ...}, "upstream": {"state", ...}}}.
+  Required: the database takes a write (an empty transaction through the writer thread,
+  within `WRITE_CHECK_SECONDS`), start-up recovery has run, the scheduler keeps up, and
+  the server is not shutting down.
+
+The scheduler is stuck when the pending job due first has waited more than `stuck_after`
+seconds during which it could have run: since it was due, the server was up and the
+upstream was healthy. Then the server is not ready, and systemd gets no WATCHDOG=1 (see
+calo.systemd), so it restarts the process, which reschedules every pending job from the
+database. The upstream's state (ok, demo, failing since T, rate limited until T) is shown
+but never makes the server unready: jobs wait for Unsplash by design, and a restart
+cannot mend it.
+
+Threads: IOLoop thread only. The database check awaits the writer with a timeout; the
+other checks read in-memory state and one indexed row.
+Must never: block the IOLoop or show a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tornado.web
+
+from calo.jobs import FAILED, PENDING, RESOLVED, iso_utc, now_ms
+from calo.scheduler import Scheduler
+from calo.store import Reader, StoreError, Writer
+from calo.throttle import UpstreamGate
+
+log = logging.getLogger("calo.health")
+
+JSON_TYPE = "application/json; charset=utf-8"
+WRITE_CHECK_SECONDS = 2.0
+REQUIRED = ("database", "recovery", "scheduler")
+
+
+class Health:
+    def __init__(
+        self,
+        *,
+        reader: Reader,
+        writer: Writer,
+        scheduler: Scheduler,
+        gate: UpstreamGate,
+        demo: bool,
+        recovery: dict[str, int],
+        stuck_after: float,
+        clock: Callable[[], int] = now_ms,
+    ):
+        self._reader = reader
+        self._writer = writer
+        self._scheduler = scheduler
+        self._gate = gate
+        self._demo = demo
+        self._recovery = recovery
+        self._stuck_after_ms = int(stuck_after * 1000)
+        self._clock = clock
+        self._started_at = clock()
+        self._stuck = False
+        self.shutting_down = False
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, the /readyz body)."""
+        checks = {
+            "database": await self.database(),
+            "recovery": {"ok": True, **self._recovery},
+            "scheduler": self.scheduler(),
+            "upstream": self.upstream(),
+        }
+        ready = not self.shutting_down and all(checks[name]["ok"] for name in REQUIRED)
+        return ready, {"ready": ready, "shutting_down": self.shutting_down, "checks": checks}
+
+    async def database(self) -> dict[str, Any]:
+        """Does an (empty) write transaction commit in time?"""
+        started = time.monotonic()
+        # shield: on a timeout the ping stays queued; cancelling a future the writer
+        # will later complete would make its set_result raise on the writer thread.
+        ping = asyncio.shield(asyncio.wrap_future(self._writer.ping()))
+        try:
+            await asyncio.wait_for(ping, WRITE_CHECK_SECONDS)
+        except TimeoutError:
+            return {"ok": False, "error": f"no write committed within {WRITE_CHECK_SECONDS:g} s"}
+        except StoreError as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "write_ms": round((time.monotonic() - started) * 1000, 1)}
+
+    def scheduler(self) -> dict[str, Any]:
+        """Is the pending job due first being served? Logs when the answer changes."""
+        now = self._clock()
+        check: dict[str, Any] = {
+            "ok": True, "next_due_at": iso_utc(self._scheduler.next_due_at()),
+            "oldest_overdue": None, **self._scheduler.stats(),
+        }
+        oldest = self._reader.oldest_pending()
+        if oldest is not None and oldest[1] <= now:
+            job_id, due_at = oldest
+            runnable_since = self._runnable_since(due_at, now)
+            waited = 0 if runnable_since is None else now - runnable_since
+            check["oldest_overdue"] = {"id": job_id, "due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000}
+            check["ok"] = waited <= self._stuck_after_ms
+        self._note(check)
+        return check
+
+    def scheduler_ok(self) -> bool:
+        return self.scheduler()["ok"]
+
+    def _runnable_since(self, due_at: int, now: int) -> int | None:
+        """Since when a job due at `due_at` could have run; None while the upstream is
+        failing or rate limited (then waiting is expected)."""
+        if self._demo:
+            return max(due_at, self._started_at)
+        state = self._gate.state(now)
+        if state["state"] != "ok":
+            return None
+        return max(due_at, self._started_at, state["since"])
+
+    def _note(self, check: dict[str, Any]) -> None:
+        stuck = not check["ok"]
+        if stuck and not self._stuck:
+            overdue = check["oldest_overdue"]
+            log.error("scheduler stuck: job %s due at %s is still pending with the upstream healthy; not ready",
+                      overdue["id"], overdue["due_at"])
+        elif self._stuck and not stuck:
+            log.info("scheduler caught up: ready again")
+        self._stuck = stuck
+
+    def upstream(self) -> dict[str, Any]:
+        """ok, demo, failing (since), or rate_limited (until); plus the request budget."""
+        if self._demo:
+            return {"state": "demo"}
+        state = dict(self._gate.state(self._clock()))
+        for key in ("since", "until"):
+            if state.get(key):
+                state[key] = iso_utc(state[key])
+            else:
+                state.pop(key, None)
+        state.update(rate_limit=self._gate.rate_limit, rate_limit_remaining=self._gate.rate_remaining)
+        return state
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        counts = self._reader.count_by_status()
+        jobs = " ".join(f"{status}={counts.get(status, 0)}" for status in (PENDING, RESOLVED, FAILED))
+        return f"{jobs} upstream={self.upstream()['state']}"
+
+
+class OpsHandler(tornado.web.RequestHandler):
+    """Base of the operator endpoints: JSON answers, errors in the API's shape, never cached."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, body: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(json.dumps(body, separators=(",", ":")))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code = "method_not_allowed" if status_code == 405 else "internal_error" if status_code >= 500 else "error"
+        self.write_json({"error": {"code": code, "message": self._reason}}, status_code)
+
+
+class HealthzHandler(OpsHandler):
+    def get(self) -> None:
+        self.write_json({"status": "alive"})
+
+
+class ReadyzHandler(OpsHandler):
+    def initialize(self, health: Health) -> None:
+        self.health = health
+
+    async def get(self) -> None:
+        ready, body = await self.health.readiness()
+        self.write_json(body, 200 if ready else 503)

@@ -1,0 +1,76 @@
+"""The access log and request ids: one logfmt line per request, and `X-Request-Id`.
+
+Owns how a request is identified and logged. Every request gets an id: the caller's own
+`X-Request-Id` when it is a short plain token (so a reverse proxy's id carries through),
+else a new random one. The id goes back as the `X-Request-Id` header on every answer
+(errors and WebSocket upgrades included) and onto the request's access line:
+
+    ts=... level=info logger=calo.access msg=request method=GET path=/jobs status=200
+    duration_ms=1.8 request_id=4f1c0e9a2b7d6c35 remote=127.0.0.1
+
+Wiring (calo/app.py): `RequestIdTransform` is added to the Application's output transforms
+and `log_request` is its `log_function` setting.
+
+Threads: IOLoop thread only (Tornado calls both while it handles a request).
+Must never: log a query string, a header value or a body. Only the path is logged: a
+WebSocket may carry the API token as `?access_token=`, and secrets never reach the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+import tornado.httputil
+import tornado.web
+
+log = logging.getLogger("calo.access")
+
+HEADER = "X-Request-Id"
+GIVEN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # nothing that could forge a log field
+# Probes and scrapes come every few seconds; their successes are logged at debug level
+# so that the log stays about the service, not about its monitoring.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def request_id(request: tornado.httputil.HTTPServerRequest) -> str:
+    """The request's id, made on first use and kept on the request."""
+    given = getattr(request, "calo_request_id", None)
+    if given is None:
+        header = request.headers.get(HEADER, "")
+        given = header if GIVEN_ID.fullmatch(header) else secrets.token_hex(8)
+        request.calo_request_id = given  # type: ignore[attr-defined]
+    return given
+
+
+class RequestIdTransform(tornado.web.OutputTransform):
+    """Adds `X-Request-Id` to every response. Tornado makes one per request and applies
+    it when the headers are written, after `send_error` may have cleared the others."""
+
+    def __init__(self, request: tornado.httputil.HTTPServerRequest):
+        super().__init__(request)
+        self._id = request_id(request)
+
+    def transform_first_chunk(self, status_code, headers, chunk, finishing):  # type: ignore[override]
+        headers[HEADER] = self._id
+        return status_code, headers, chunk
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's `log_function`: one line per finished request."""
+    request, status = handler.request, handler.get_status()
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400:
+        level = logging.WARNING
+    elif request.path in QUIET_PATHS:
+        level = logging.DEBUG
+    else:
+        level = logging.INFO
+    fields = {
+        "method": request.method, "path": request.path, "status": status,
+        "duration_ms": f"{request.request_time() * 1000:.1f}",
+        "request_id": request_id(request), "remote": request.remote_ip,
+    }
+    log.log(level, "request", extra={"fields": fields})

@@ -31,6 +31,10 @@ setup(
             "pytest>=8,<10",  # pytest-tornado (2020) works with pytest 9; keep it below 10
             "pytest-tornado>=0.8.1",
             "pytest-timeout>=2.3",
+            "schemathesis>=4.0,<5",  # property-based requests from the OpenAPI document
+            "hypothesis>=6.100",
+            "jsonschema>=4.18",
+            "playwright>=1.41,<2",  # drives Debian's chromium; never `playwright install`
         ],
     },
     entry_points={"console_scripts": ["calo-server = calo.cli:main"]},

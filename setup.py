@@ -16,11 +16,16 @@ def web_files(top):
     return pairs
 
 
+def readme():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as file:
+        return file.read()
+
+
 setup(
     name="calo-jobs",
     version="0.1.0",
     description="Delayed jobs that fetch a food photo from Unsplash, with a live dashboard",
-    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description=readme(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["calo", "calo.*"]),

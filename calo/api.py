@@ -216,7 +216,8 @@ class RetryHandler(ApiHandler):
         try:
             doc = await self.service.retry_job(job_id)
         except NotRetryable as exc:
-            raise ApiError(409, "job_not_failed", f"only a failed job can be retried; this one is {exc.status}") from None
+            message = f"only a failed job can be retried; this one is {exc.status}"
+            raise ApiError(409, "job_not_failed", message) from None
         if doc is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         self.write_json(doc)

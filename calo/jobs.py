@@ -30,14 +30,14 @@ RETRIED = "job.retried"
 
 def now_ms() -> int:
     """Wall-clock time in integer milliseconds since the epoch (UTC)."""
-    return int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)
+    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
 
 
 def iso_utc(ms: int | None) -> str | None:
     """Milliseconds since the epoch as ISO 8601 UTC with a `Z` suffix, or None."""
     if ms is None:
         return None
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -46,7 +46,7 @@ def parse_iso_utc(text: str | None) -> int | None:
     if text is None:
         return None
     moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-    return int(moment.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000 + 0.5)
+    return int(moment.replace(tzinfo=datetime.UTC).timestamp() * 1000 + 0.5)
 
 
 def new_job_id() -> str:

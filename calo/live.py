@@ -103,11 +103,11 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
         self.hub.add(self)
         latest = self.service.latest_seq()
         self.cursor = latest
-        self._send('{"type":"hello","seq":%d}' % latest)
+        self._send(f'{{"type":"hello","seq":{latest}}}')
         if self.since is None or self.since == latest:
             return
         if not self.service.replay_start(self.since):
-            self._send('{"type":"reset","seq":%d}' % latest)
+            self._send(f'{{"type":"reset","seq":{latest}}}')
             return
         self.cursor, self.replaying = self.since, True
         await self._replay()
@@ -132,7 +132,7 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
         """Send the events this client has not had; returns how many were sent."""
         if self.replaying:
             return 0
-        fresh = [text for event, text in zip(events, encoded) if event.seq > self.cursor]
+        fresh = [text for event, text in zip(events, encoded, strict=True) if event.seq > self.cursor]
         if not fresh:
             return 0
         self.cursor = events[-1].seq

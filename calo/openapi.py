@@ -106,8 +106,9 @@ PATHS = {
         "get": {
             "summary": "List jobs, newest first",
             "parameters": [
-                {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "resolved", "failed"]}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                {"name": "status", "in": "query", "schema": SCHEMAS["Job"]["properties"]["status"]},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                 {"name": "cursor", "in": "query", "schema": STRING,
                  "description": "opaque; take it from the Link header's next URL"},
             ],

@@ -315,8 +315,7 @@ class _Op:
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
 
 
-def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job) -> None:
-    job_json = job.to_json()
+def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job, job_json: str) -> None:
     cursor = conn.execute(
         "INSERT INTO events (type, job_id, created_at, job) VALUES (?, ?, ?, ?)",
         (kind, job.id, now_ms(), job_json),
@@ -332,12 +331,13 @@ def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
             ).fetchone()
             if row:
                 return CreateResult(row[0], created=False)
+        job_json = job.to_json()
         conn.execute(
             "INSERT INTO jobs (id, status, due_at, idempotency_key, doc) VALUES (?, ?, ?, ?, ?)",
-            (job.id, job.status, job.due_at, idempotency_key, job.to_json()),
+            (job.id, job.status, job.due_at, idempotency_key, job_json),
         )
-        _append_event(conn, events, CREATED, job)
-        return CreateResult(job.to_json(), created=True)
+        _append_event(conn, events, CREATED, job, job_json)
+        return CreateResult(job_json, created=True)
 
     return write
 
@@ -351,10 +351,9 @@ def _apply_outcome(outcome: Outcome) -> WriteFn:
         if job.status != PENDING:
             return None  # already settled: a job never resolves twice
         kind = job.apply(outcome)
-        conn.execute(
-            "UPDATE jobs SET status = ?, doc = ? WHERE id = ?", (job.status, job.to_json(), job.id)
-        )
-        _append_event(conn, events, kind, job)
+        job_json = job.to_json()
+        conn.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?", (job.status, job_json, job.id))
+        _append_event(conn, events, kind, job, job_json)
         return job.status
 
     return write
@@ -369,12 +368,13 @@ def _retry_job(job_id: str, at: int) -> WriteFn:
         if job.status != FAILED:
             raise NotRetryable(job.status)
         job.retry(at)
+        job_json = job.to_json()
         conn.execute(
             "UPDATE jobs SET status = ?, due_at = ?, doc = ? WHERE id = ?",
-            (job.status, job.due_at, job.to_json(), job.id),
+            (job.status, job.due_at, job_json, job.id),
         )
-        _append_event(conn, events, RETRIED, job)
-        return job.to_json()
+        _append_event(conn, events, RETRIED, job, job_json)
+        return job_json
 
     return write
 

@@ -127,7 +127,9 @@ async def test_a_photo_without_a_usable_url_is_not_used(calo, fake_unsplash):
 
 @pytest.mark.gen_test
 @pytest.mark.calo_env(CALO_UNSPLASH_ACCESS_KEY="")
-async def test_without_a_key_jobs_resolve_with_bundled_demo_images(calo, fake_unsplash, http_server, http_client, base_url):
+async def test_without_a_key_jobs_resolve_with_bundled_demo_images(
+    calo, fake_unsplash, http_server, http_client, base_url
+):
     [done] = await settled(calo, await create_jobs(calo, 1))
     image = done["image"]
     assert done["status"] == "resolved" and image["source"] == "demo" and set(image) == IMAGE_FIELDS

@@ -30,7 +30,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["calo", "calo.*"]),
     data_files=web_files("static") + web_files("templates"),
-    install_requires=["tornado>=6.4,<7", "requests>=2.31,<3"],
+    install_requires=["tornado>=6.4,<7", "requests>=2.31,<3", "prometheus_client>=0.17,<1"],
     extras_require={
         "test": [
             "pytest>=8,<10",  # pytest-tornado (2020) works with pytest 9; keep it below 10

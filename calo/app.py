@@ -60,11 +60,12 @@ def find_web_root() -> str:
 
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
+    delays: tuple[float, float] = (5.0, 300.0),
 ) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers."""
     api = {"service": service, "access": access}
     routes = [
-        (r"/", IndexHandler),
+        (r"/", IndexHandler, {"delays": delays}),
         (r"/openapi.json", OpenApiHandler),
         (r"/jobs", JobsHandler, api),
         (r"/jobs/([^/]+)", JobHandler, api),
@@ -138,7 +139,10 @@ class Calo:
         self.upkeep.start()
         self._start_watching({"pending_at_start": len(pending), "overdue_at_start": overdue})
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
-        return make_app(self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics)
+        return make_app(
+            self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
+            delays=(settings.delay_min, settings.delay_max),
+        )
 
     def _start_watching(self, recovery: dict[str, int]) -> None:
         """Health checks, and the metrics that read the parts at scrape time."""

@@ -1,9 +1,9 @@
 """The entry point of `python server.py` and `calo-server`: parse, build, listen, stop.
 
 Owns the process: settings from flags and environment, logging, the listening socket,
-signals, telling systemd when it is ready and stopping (calo.systemd), and exit codes (0 after a clean stop; 2 for a bad setting; 1 when the data dir
-or the port cannot be used). Every failure a user can cause is one clear line on stderr,
-never a traceback.
+signals, telling systemd when it is ready and stopping (calo.systemd), and exit codes
+(0 after a clean stop; 2 for a bad setting; 1 when the data dir or the port cannot be used).
+Every failure a user can cause is one clear line on stderr, never a traceback.
 
 Threads: runs the IOLoop on the main thread. Signal handlers only set a flag (an
 asyncio.Event); the shutdown itself runs as ordinary IOLoop code.

@@ -108,7 +108,9 @@ class Health:
             job_id, due_at = oldest
             runnable_since = self._runnable_since(due_at, now)
             waited = 0 if runnable_since is None else now - runnable_since
-            check["oldest_overdue"] = {"id": job_id, "due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000}
+            check["oldest_overdue"] = {
+                "id": job_id, "due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000,
+            }
             check["ok"] = waited <= self._stuck_after_ms
         self._note(check)
         return check

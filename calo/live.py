@@ -89,6 +89,12 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
         """The page's own origin (Tornado's check), or one listed in --allowed-origins."""
         return super().check_origin(origin) or self.access.origin_allowed(origin)
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, tornado.web.HTTPError):  # the URI may hold ?access_token=: log the path
+            log.warning("%d %s %s: %s", value.status_code, self.request.method, self.request.path, value.reason)
+        else:
+            super().log_exception(typ, value, tb)
+
     def prepare(self) -> None:
         if self.access.needs_token("GET") and not self.access.token_ok(
             self.request.headers.get("Authorization"), self.get_query_argument("access_token", None)

@@ -10,7 +10,18 @@ from __future__ import annotations
 import tornado.web
 
 
+def duration_text(seconds: float) -> str:
+    """5 -> '5 s', 300 -> '5 min', 90 -> '1.5 min'."""
+    if seconds >= 60:
+        return f"{seconds / 60:g}\u00a0min"
+    return f"{seconds:g}\u00a0s"
+
+
 class IndexHandler(tornado.web.RequestHandler):
+    def initialize(self, delays: tuple[float, float]) -> None:
+        low, high = delays
+        self.delay_range = duration_text(low) if low == high else f"{duration_text(low)} to {duration_text(high)}"
+
     def get(self) -> None:
         self.set_header("Cache-Control", "no-cache")
-        self.render("index.html")
+        self.render("index.html", delay_range=self.delay_range)

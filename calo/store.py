@@ -520,6 +520,9 @@ class Writer:
         if _STOP in group:
             stopping = True
             group = [op for op in group if op is not _STOP]
+        # An operation whose caller cancelled it is skipped; the rest can no longer be
+        # cancelled, so setting their results cannot fail and kill this thread.
+        group = [op for op in group if op.future.set_running_or_notify_cancel()]
         bare = [op for op in group if op.bare]
         group = [op for op in group if not op.bare]
         if group:

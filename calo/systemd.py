@@ -6,7 +6,7 @@ Owns the datagrams Calo Jobs sends its service manager (deploy/calo.service):
   IOLoop sends none, and systemd restarts the process. None is sent either while the
   health check finds the scheduler stuck (`Health.scheduler_ok`), for the same reason;
 - `STATUS=pending=.. resolved=.. failed=.. upstream=..` (shown by `systemctl status`),
-  sent again every few seconds when it changed;
+  sent again when it changed, checked every 5 s and with each watchdog ping;
 - `STOPPING=1` when shutdown begins.
 The protocol: one AF_UNIX datagram per message to the socket named by `NOTIFY_SOCKET`, a
 path or, with a leading `@`, an abstract name; assignments separated by newlines.
@@ -104,8 +104,9 @@ class SystemdLink:
         self._health = health
         self._watchdog = watchdog
         self._last_status = ""
-        every = STATUS_EVERY_SECONDS if watchdog is None else min(watchdog, STATUS_EVERY_SECONDS)
-        self._ticker = PeriodicCallback(self._tick, every * 1000)
+        self._tickers = [PeriodicCallback(self._send_status, STATUS_EVERY_SECONDS * 1000)]
+        if watchdog is not None:
+            self._tickers.append(PeriodicCallback(self._ping, watchdog * 1000))
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], health: HealthSource) -> SystemdLink:
@@ -118,25 +119,36 @@ class SystemdLink:
         self._last_status = self._health.status_line()
         alive = ["WATCHDOG=1"] if self._watchdog is not None else []  # start-up may have been slow
         self._notifier.send("READY=1", f"STATUS={self._last_status}", *alive)
-        self._ticker.start()
+        for ticker in self._tickers:
+            ticker.start()
         watchdog = f"every {self._watchdog:g} s" if self._watchdog else "off"
         log.info("told systemd we are ready (watchdog %s)", watchdog)
 
     def stopping(self) -> None:
         """Shutdown has begun: no more pings, and systemd knows the stop is deliberate."""
-        self._ticker.stop()
+        for ticker in self._tickers:
+            ticker.stop()
         self._notifier.send("STOPPING=1", "STATUS=stopping")
         self._notifier.close()
 
-    def _tick(self) -> None:
-        message = []
+    def _status_changes(self) -> list[str]:
         status = self._health.status_line()
-        if status != self._last_status:
-            message.append(f"STATUS={status}")
-            self._last_status = status
-        # A stuck scheduler gets no ping: systemd restarts the process, which reschedules
-        # every pending job from the database.
-        if self._watchdog is not None and self._health.scheduler_ok():
+        if status == self._last_status:
+            return []
+        self._last_status = status
+        return [f"STATUS={status}"]
+
+    def _send_status(self) -> None:
+        changed = self._status_changes()
+        if changed:
+            self._notifier.send(*changed)
+
+    def _ping(self) -> None:
+        """Every half WATCHDOG_USEC (the status rides along when it changed). A stuck
+        scheduler gets no ping: systemd restarts the process, which reschedules every
+        pending job from the database."""
+        message = self._status_changes()
+        if self._health.scheduler_ok():
             message.append("WATCHDOG=1")
         if message:
             self._notifier.send(*message)

@@ -68,12 +68,14 @@ class Task:
 
 
 def _every(longest: float, age_limit_seconds: float) -> float:
-    """How often to enforce an age limit: at half of it, but at most once a second and
-    at least every `longest` seconds."""
+    """How often to enforce an age limit: every half of it, but not more often than once a
+    second, nor less often than every `longest` seconds."""
     return min(longest, max(1.0, age_limit_seconds / 2))
 
 
 class Upkeep:
+    """The periodic tasks of one server. `start`/`stop` and every task: IOLoop thread only."""
+
     def __init__(
         self,
         writer: Writer,
@@ -93,7 +95,8 @@ class Upkeep:
             Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal),
         ]
         if self._retain_ms is not None:
-            self.tasks.append(Task("retain_jobs", _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000), self.retain_jobs))
+            every = _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000)
+            self.tasks.append(Task("retain_jobs", every, self.retain_jobs))
 
     def task(self, name: str) -> Task:
         return next(task for task in self.tasks if task.name == name)

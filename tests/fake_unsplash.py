@@ -37,6 +37,8 @@ from urllib.parse import parse_qs, urlsplit
 
 Json = dict[str, Any]
 
+# Its own generator: the global one belongs to the test process (Hypothesis watches it).
+_RNG = random.Random()
 ID_ALPHABET = string.ascii_letters + string.digits + "_-"
 BLURHASH_ALPHABET = string.digits + string.ascii_letters + "#$%*+,-.:;=?@[]^_{|}~"
 MAX_PHOTOS_PER_CALL = 30
@@ -73,7 +75,7 @@ class _Answer:
 
 
 def _random_token(length: int, alphabet: str = ID_ALPHABET) -> str:
-    return "".join(random.choices(alphabet, k=length))
+    return "".join(_RNG.choices(alphabet, k=length))
 
 
 def _color_for(name: str) -> str:
@@ -113,7 +115,7 @@ def _parse_count(raw: str | None) -> int | None:
 
 
 def build_user(base_url: str) -> Json:
-    username, name = random.choice(PHOTOGRAPHERS)
+    username, name = _RNG.choice(PHOTOGRAPHERS)
     api_user = f"{base_url}/users/{username}"
     return {
         "id": _random_token(11),
@@ -131,15 +133,15 @@ def build_user(base_url: str) -> Json:
 
 def build_photo(base_url: str) -> Json:
     photo_id = _random_token(11)
-    created = datetime.now(UTC) - timedelta(days=random.randint(30, 2000))
+    created = datetime.now(UTC) - timedelta(days=_RNG.randint(30, 2000))
     image = f"{base_url}/img/{photo_id}.svg"
-    alt_description = random.choice(ALT_DESCRIPTIONS)
+    alt_description = _RNG.choice(ALT_DESCRIPTIONS)
     return {
         "id": photo_id,
         "created_at": _timestamp(created),
-        "updated_at": _timestamp(created + timedelta(days=random.randint(0, 29))),
-        "width": random.randint(3000, 6000),
-        "height": random.randint(2000, 6000),
+        "updated_at": _timestamp(created + timedelta(days=_RNG.randint(0, 29))),
+        "width": _RNG.randint(3000, 6000),
+        "height": _RNG.randint(2000, 6000),
         "color": _color_for(photo_id),
         "blur_hash": "L" + _random_token(27, BLURHASH_ALPHABET),  # "L" = 4x3 components
         "description": alt_description.capitalize() + ".",
@@ -158,7 +160,7 @@ def build_photo(base_url: str) -> Json:
             "download": f"https://unsplash.com/photos/{photo_id}/download",
             "download_location": f"{base_url}/photos/{photo_id}/download",
         },
-        "likes": random.randint(0, 900),
+        "likes": _RNG.randint(0, 900),
         "user": build_user(base_url),
     }
 

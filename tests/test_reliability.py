@@ -130,7 +130,7 @@ async def test_retries_stop_once_the_job_is_too_late(calo, fake_unsplash):
 # -- retry -------------------------------------------------------------------------------------
 
 @pytest.mark.gen_test
-@pytest.mark.calo_flags("--max-attempts", "1")
+@pytest.mark.calo_flags("--max-attempts", "1", "--unsplash-batch", "1")  # one fetch per job: one fails
 async def test_retry_endpoint_contract(http_server, http_client, base_url, calo, fake_unsplash):
     fake_unsplash.fail_with(500, times=1)
     [failed_id, other_id] = await create_jobs(calo, 2)

@@ -45,8 +45,8 @@ def parse_iso_utc(text: str | None) -> int | None:
     """Inverse of `iso_utc`."""
     if text is None:
         return None
-    moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-    return int(moment.replace(tzinfo=datetime.UTC).timestamp() * 1000 + 0.5)
+    # fromisoformat reads the "Z" (Python 3.11+) and is many times faster than strptime.
+    return round(datetime.datetime.fromisoformat(text).timestamp() * 1000)
 
 
 def new_job_id() -> str:

@@ -22,7 +22,6 @@ Must never: block the IOLoop, export a secret, or use the global default registr
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from tornado.ioloop import IOLoop
 
 from calo.export import JsonExporter
 from calo.health import Health, OpsHandler
-from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, STATUSES, parse_iso_utc
+from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, STATUSES
 from calo.live import Hub
 from calo.scheduler import Scheduler
 from calo.store import Event, Reader
@@ -78,9 +77,8 @@ class Metrics:
             if counter is None:
                 continue
             counter.inc()
-            if event.type == EVENT_FOR_STATUS[RESOLVED]:
-                job = json.loads(event.job_json)
-                self._lateness.observe(max(0, parse_iso_utc(job["resolved_at"]) - parse_iso_utc(job["due_at"])) / 1000)
+            if event.lateness_ms is not None:
+                self._lateness.observe(max(0, event.lateness_ms) / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,6 +31,7 @@ import tornado.web
 
 from calo.access import AccessPolicy
 from calo.jobs import STATUSES
+from calo.requestlog import LoggedByAccessLine
 from calo.service import JobService, NotRetryable, Overloaded
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -56,7 +57,7 @@ class ApiError(tornado.web.HTTPError):
 
 
 @tornado.web.stream_request_body  # so an oversized body is refused before it is read
-class ApiHandler(tornado.web.RequestHandler):
+class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
     """Base for every JSON endpoint: access rules, body limit, errors as JSON."""
 
     def initialize(self, service: JobService, access: AccessPolicy) -> None:

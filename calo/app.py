@@ -31,7 +31,7 @@ from calo.live import EventsSocket, Hub
 from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
 from calo.openapi import OpenApiHandler
 from calo.pages import IndexHandler
-from calo.requestlog import RequestIdTransform, log_request
+from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.store import Database, Event
@@ -60,7 +60,7 @@ def find_web_root() -> str:
 
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
-    delays: tuple[float, float] = (5.0, 300.0),
+    delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
 ) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers."""
     api = {"service": service, "access": access}
@@ -83,7 +83,7 @@ def make_app(
         default_handler_args=api,
         websocket_ping_interval=WEBSOCKET_PING_SECONDS,
         websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
-        log_function=log_request,  # one logfmt line per request, with its X-Request-Id
+        log_function=access_logger(access_log),  # logfmt lines with each X-Request-Id
     )
     app.add_transform(RequestIdTransform)
     return app
@@ -141,7 +141,7 @@ class Calo:
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
-            delays=(settings.delay_min, settings.delay_max),
+            delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
         )
 
     def _start_watching(self, recovery: dict[str, int]) -> None:

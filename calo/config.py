@@ -133,6 +133,8 @@ SETTINGS: tuple[Setting, ...] = (
             "comma-separated origins (https://host:port) allowed to use the WebSocket and, by CORS, the API"),
     Setting("private", "--private", ("CALO_PRIVATE",), _flag, False,
             "with CALO_API_TOKEN: require the token for reads too"),
+    Setting("access_log", "--access-log", ("CALO_ACCESS_LOG",), _flag, False,
+            "log every successful request too (errors are always logged)"),
     Setting("import_json", "--import-json", ("CALO_IMPORT_JSON",), _optional_text, None,
             "rebuild an empty or missing calo.db from this jobs.json export, then exit"),
     Setting("api_token", None, ("CALO_API_TOKEN",), _optional_text, None,
@@ -171,6 +173,7 @@ class Settings:
     stuck_after: float
     allowed_origins: tuple[str, ...]
     private: bool
+    access_log: bool
     import_json: str | None
     api_token: str | None = dataclasses.field(repr=False)
     unsplash_access_key: str | None = dataclasses.field(repr=False)

@@ -30,6 +30,7 @@ import tornado.web
 import tornado.websocket
 
 from calo.access import AccessPolicy
+from calo.requestlog import LoggedByAccessLine
 from calo.service import JobService
 from calo.store import Event
 
@@ -76,7 +77,7 @@ class Hub:
             socket.close(1001, "server shutting down")
 
 
-class EventsSocket(tornado.websocket.WebSocketHandler):
+class EventsSocket(LoggedByAccessLine, tornado.websocket.WebSocketHandler):
     def initialize(self, service: JobService, hub: Hub, access: AccessPolicy) -> None:
         self.service = service
         self.hub = hub
@@ -88,12 +89,6 @@ class EventsSocket(tornado.websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         """The page's own origin (Tornado's check), or one listed in --allowed-origins."""
         return super().check_origin(origin) or self.access.origin_allowed(origin)
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, tornado.web.HTTPError):  # the URI may hold ?access_token=: log the path
-            log.warning("%d %s %s: %s", value.status_code, self.request.method, self.request.path, value.reason)
-        else:
-            super().log_exception(typ, value, tb)
 
     def prepare(self) -> None:
         if self.access.needs_token("GET") and not self.access.token_ok(

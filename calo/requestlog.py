@@ -57,8 +57,29 @@ class RequestIdTransform(tornado.web.OutputTransform):
         return status_code, headers, chunk
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's `log_function`: one line per finished request."""
+class LoggedByAccessLine:
+    """Handler mixin: an HTTP error (4xx, or a 5xx raised on purpose) is logged once, by
+    its access line, not a second time by Tornado with the full URI (which may hold a
+    token). Unexpected exceptions are still logged with their traceback."""
+
+    def log_exception(self, typ, value, tb) -> None:  # type: ignore[no-untyped-def]
+        if not isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+
+def access_logger(log_successes: bool):
+    """Tornado's `log_function`: one line per finished request. Errors are always
+    logged; successes at info level only with `--access-log` (else at debug level:
+    the line costs about a sixth of a small request's CPU time)."""
+    success_level = logging.INFO if log_successes else logging.DEBUG
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        _log_request(handler, success_level)
+
+    return log_request
+
+
+def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> None:
     request, status = handler.request, handler.get_status()
     if status >= 500:
         level = logging.ERROR
@@ -67,7 +88,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     elif request.path in QUIET_PATHS:
         level = logging.DEBUG
     else:
-        level = logging.INFO
+        level = success_level
+    if not log.isEnabledFor(level):
+        return
     fields = {
         "method": request.method, "path": request.path, "status": status,
         "duration_ms": f"{request.request_time() * 1000:.1f}",

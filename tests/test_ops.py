@@ -80,7 +80,7 @@ def test_readyz_shows_the_next_due_job_and_demo_mode(server_process):
 
 
 def test_every_answer_has_a_request_id_and_one_access_line_without_the_query(server_process):
-    server = server_process()
+    server = server_process("--access-log")
     given = server.get("/jobs?status=resolved&access_token=TOPSECRET-42", headers={"X-Request-Id": "proxy-7f3a"})
     assert given.headers["X-Request-Id"] == "proxy-7f3a"
     made = server.get("/jobs/no-such-job", headers={"X-Request-Id": "not a token=1"})  # errors too

@@ -453,6 +453,10 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
 _STOP = object()
 
 
+class _OperationFailed(Exception):
+    """An operation of a group raised; the group is run again, each in a savepoint."""
+
+
 class Writer:
     """The one write connection, on its own thread, committing in groups."""
 
@@ -553,13 +557,14 @@ class Writer:
             op.future.set_exception(StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
-        events: list[Event] = []
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        """Commit a group in one transaction. Operations run plainly first (failures are
+        rare); if one raises, the group is rolled back and run again with each operation
+        in its own savepoint, so that only the failing one is undone."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in group:
-                outcomes.append(self._run_in_savepoint(conn, op, events))
-            conn.execute("COMMIT")
+            try:
+                outcomes, events = self._run_group(conn, group, isolated=False)
+            except _OperationFailed:
+                outcomes, events = self._run_group(conn, group, isolated=True)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -573,6 +578,22 @@ class Writer:
                 op.future.set_exception(error)
         if events:
             self._on_commit(events)
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Op], isolated: bool) -> tuple[list, list[Event]]:
+        events: list[Event] = []
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        for op in group:
+            if isolated:
+                outcomes.append(self._run_in_savepoint(conn, op, events))
+                continue
+            try:
+                outcomes.append((op, op.fn(conn, events), None))
+            except Exception:  # run again, isolated, by _commit
+                conn.execute("ROLLBACK")
+                raise _OperationFailed from None
+        conn.execute("COMMIT")
+        return outcomes, events
 
     @staticmethod
     def _run_in_savepoint(conn, op: _Op, events: list[Event]) -> tuple[_Op, Any, BaseException | None]:

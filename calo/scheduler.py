@@ -133,9 +133,11 @@ class Scheduler:
     def _pump(self) -> None:
         """Give due jobs spare photos, start fetches for the rest, re-arm the timer."""
         now = self._clock()
+        served = []
         while self._ready and self._spares:  # also while stopping: photos fetched in the grace period
             due_at, job_id = self._ready.popleft()
-            self._settle(Outcome(job_id, now, image=self._spares.popleft()), due_at)
+            served.append((Outcome(job_id, now, image=self._spares.popleft()), due_at))
+        self._settle(served)
         if self._stopping:
             return
         if self._ready and self._gate.rate_limited_until > max(now, self._told_rate_limit_until):
@@ -201,42 +203,49 @@ class Scheduler:
             self._gate.failed(now)
         waiting = [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
         log.warning("upstream fetch failed (%s): %s; %d jobs affected", exc.code, exc, len(waiting))
-        for due_at, job_id in waiting:
-            # A rate limit alone never fails a job; other errors have a cap on tries and time.
-            too_late = now - due_at > self._retry_window_ms
-            outcome = Outcome(
+        # A rate limit alone never fails a job; other errors have a cap on tries and time.
+        self._settle([
+            (Outcome(
                 job_id, now, error_code=exc.code, error_message=str(exc),
-                final=not exc.retryable or (too_late and not rate_limited),
+                final=not exc.retryable or (now - due_at > self._retry_window_ms and not rate_limited),
                 max_attempts=None if rate_limited else self._max_attempts,
-            )
-            self._settle(outcome, due_at)
+            ), due_at)
+            for due_at, job_id in waiting
+        ])
 
     def _tell_waiting_for_rate_limit(self, jobs: Iterable[tuple[int, str]], now: int) -> None:
         """Record on each job (no try counted) that it waits for the request budget; the
         jobs keep their place in line."""
         message = f"waiting for the Unsplash rate limit to reset (until {iso_utc(self._gate.rate_limited_until)})"
-        for _, job_id in jobs:
-            outcome = Outcome(job_id, now, error_code="rate_limited", error_message=message,
-                              final=False, attempted=False)
-            self._loop.add_future(self._writer.apply_outcome(outcome), _log_write_failure)
+        outcomes = [
+            Outcome(job_id, now, error_code="rate_limited", error_message=message, final=False, attempted=False)
+            for _, job_id in jobs
+        ]
+        self._loop.add_future(self._writer.apply_outcomes(outcomes), _log_write_failure)
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _settle(self, outcome: Outcome, due_at: int) -> None:
-        self._settling += 1
-        future = self._writer.apply_outcome(outcome)
-        self._loop.add_future(future, functools.partial(self._settled, outcome.job_id, due_at))
-
-    def _settled(self, job_id: str, due_at: int, future: concurrent.futures.Future) -> None:
-        self._settling -= 1
-        try:
-            status = future.result()
-        except StoreError as exc:
-            log.error("could not record the outcome of job %s: %s; trying it again later", job_id, exc)
-            self.add(job_id, self._clock() + STORE_RETRY_MS)
+    def _settle(self, settled: list[tuple[Outcome, int]]) -> None:
+        """Hand (outcome, due_at) pairs to the writer as one operation."""
+        if not settled:
             return
-        if status == PENDING:  # a failed try that will be retried once the gate opens
-            self._ready.append((due_at, job_id))
+        self._settling += len(settled)
+        future = self._writer.apply_outcomes([outcome for outcome, _ in settled])
+        self._loop.add_future(future, functools.partial(self._settled, settled))
+
+    def _settled(self, settled: list[tuple[Outcome, int]], future: concurrent.futures.Future) -> None:
+        self._settling -= len(settled)
+        try:
+            statuses = future.result()
+        except StoreError as exc:
+            log.error("could not record %d outcomes: %s; trying those jobs again later", len(settled), exc)
+            for outcome, _ in settled:
+                self.add(outcome.job_id, self._clock() + STORE_RETRY_MS)
+            return
+        # A failed try that will be retried once the gate opens goes back in line.
+        retry = [(due_at, o.job_id) for (o, due_at), status in zip(settled, statuses, strict=True) if status == PENDING]
+        if retry:
+            self._ready.extend(retry)
             self._pump()
 
 

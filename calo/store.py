@@ -356,19 +356,23 @@ def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
     return write
 
 
-def _apply_outcome(outcome: Outcome) -> WriteFn:
-    def write(conn: sqlite3.Connection, events: list[Event]) -> str | None:
-        row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (outcome.job_id,)).fetchone()
-        if row is None:
-            return None
-        job = Job.from_json(row[0])
-        if job.status != PENDING:
-            return None  # already settled: a job never resolves twice
-        kind = job.apply(outcome)
-        job_json = job.to_json()
-        conn.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?", (job.status, job_json, job.id))
-        _append_event(conn, events, kind, job, job_json)
-        return job.status
+def _apply_one_outcome(conn: sqlite3.Connection, events: list[Event], outcome: Outcome) -> str | None:
+    row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (outcome.job_id,)).fetchone()
+    if row is None:
+        return None
+    job = Job.from_json(row[0])
+    if job.status != PENDING:
+        return None  # already settled: a job never resolves twice
+    kind = job.apply(outcome)
+    job_json = job.to_json()
+    conn.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?", (job.status, job_json, job.id))
+    _append_event(conn, events, kind, job, job_json)
+    return job.status
+
+
+def _apply_outcomes(outcomes: list[Outcome]) -> WriteFn:
+    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None]:
+        return [_apply_one_outcome(conn, events, outcome) for outcome in outcomes]
 
     return write
 
@@ -483,9 +487,14 @@ class Writer:
         """Future of a CreateResult."""
         return self._submit(_create_job(job, idempotency_key))
 
+    def apply_outcomes(self, outcomes: list[Outcome]) -> concurrent.futures.Future:
+        """Future of each job's new status (None where it was not pending), in order:
+        one operation (and one wake-up of the caller) for a whole batch of photos."""
+        return self._submit(_apply_outcomes(outcomes))
+
     def apply_outcome(self, outcome: Outcome) -> concurrent.futures.Future:
         """Future of the job's new status, or None if it was not pending."""
-        return self._submit(_apply_outcome(outcome))
+        return self._submit(lambda conn, events: _apply_one_outcome(conn, events, outcome))
 
     def retry_job(self, job_id: str, at: int) -> concurrent.futures.Future:
         """Future of the job's new document (pending, due at `at`), None if there is no

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import tornado.iostream
+from tornado.ioloop import IOLoop
 import tornado.web
 import tornado.websocket
 
@@ -36,6 +37,8 @@ from calo.store import Event
 
 log = logging.getLogger("calo.live")
 
+COALESCE_SECONDS = 0.02  # events of commits this close together go out as one message
+SLICE = 250  # sockets served per IOLoop callback
 REPLAY_CHUNK = 500  # events read and sent per step of a replay
 MAX_BUFFERED_BYTES = 4 << 20  # per client: sent to Tornado but not yet on the wire
 
@@ -49,13 +52,30 @@ def encode_events(encoded: list[str]) -> str:
     return encoded[0] if len(encoded) == 1 else "[" + ",".join(encoded) + "]"
 
 
+class _Batch(NamedTuple):
+    """Events to fan out, each encoded once, and all of them as one message."""
+
+    events: list[Event]
+    encoded: list[str]
+    message: str
+
+
 class Hub:
-    """The connected sockets. IOLoop thread only."""
+    """The connected sockets. IOLoop thread only.
+
+    Fan-out is paced so that many clients never hold the IOLoop for long: the events of
+    the commits that arrive within COALESCE_SECONDS go out together, as one message per
+    socket (encoded once and shared by every socket that needs all of it), and the sockets
+    are served SLICE at a time, one IOLoop callback each, so requests get in between. A
+    flush starts only after the previous one has reached every socket, which keeps each
+    socket's events in seq order."""
 
     def __init__(self, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
         self._sockets: set[EventsSocket] = set()
         self.max_buffered_bytes = max_buffered_bytes  # per client, unsent
         self.events_sent = 0
+        self._pending: list[Event] = []
+        self._flushing = False
 
     def __len__(self) -> int:
         return len(self._sockets)
@@ -67,10 +87,27 @@ class Hub:
         self._sockets.discard(socket)
 
     def publish(self, events: list[Event]) -> None:
-        """Send committed events (in seq order) to every live socket."""
+        """Send committed events (in seq order) to every live socket, shortly."""
+        self._pending.extend(events)
+        if not self._flushing:
+            self._flushing = True
+            IOLoop.current().call_later(COALESCE_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        events, self._pending = self._pending, []
         encoded = [encode_event(event) for event in events]
-        for socket in list(self._sockets):  # a send may drop a socket from the set
-            self.events_sent += socket.deliver(events, encoded)
+        batch = _Batch(events, encoded, encode_events(encoded))
+        self._send_slice(batch, list(self._sockets), 0)  # a copy: a send may drop a socket
+
+    def _send_slice(self, batch: _Batch, sockets: list[EventsSocket], start: int) -> None:
+        for socket in sockets[start:start + SLICE]:
+            self.events_sent += socket.deliver(batch)
+        if start + SLICE < len(sockets):
+            IOLoop.current().add_callback(self._send_slice, batch, sockets, start + SLICE)
+        elif self._pending:
+            IOLoop.current().call_later(COALESCE_SECONDS, self._flush)
+        else:
+            self._flushing = False
 
     def close_all(self) -> None:
         for socket in list(self._sockets):
@@ -129,16 +166,19 @@ class EventsSocket(LoggedByAccessLine, tornado.websocket.WebSocketHandler):
             except (tornado.iostream.StreamClosedError, tornado.websocket.WebSocketClosedError):
                 return
 
-    def deliver(self, events: list[Event], encoded: list[str]) -> int:
+    def deliver(self, batch: _Batch) -> int:
         """Send the events this client has not had; returns how many were sent."""
-        if self.replaying:
+        events = batch.events
+        if self.replaying or not events or events[-1].seq <= self.cursor:
             return 0
-        fresh = [text for event, text in zip(events, encoded, strict=True) if event.seq > self.cursor]
-        if not fresh:
-            return 0
+        if events[0].seq > self.cursor:  # the usual case: all of it, as already encoded
+            text, count = batch.message, len(events)
+        else:  # it replayed some of these from the log already
+            fresh = [text for event, text in zip(events, batch.encoded, strict=True) if event.seq > self.cursor]
+            text, count = encode_events(fresh), len(fresh)
         self.cursor = events[-1].seq
-        self._send(encode_events(fresh))
-        return len(fresh)
+        self._send(text)
+        return count
 
     def _send(self, text: str) -> Any:
         """Queue a message; cut the client off if it has stopped reading."""

@@ -174,3 +174,17 @@ async def test_replay_works_across_a_server_restart(server_process):
     ws.close()
     assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
     assert sorted(e["type"] for e in events) == ["job.created"] * 3 + ["job.resolved"] * 3
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_fan_out_to_more_clients_than_one_slice_reaches_each_once(http_server, http_port, calo):
+    from calo.live import SLICE
+
+    clients = [await connect(http_port) for _ in range(SLICE + 50)]
+    for ws in clients:
+        await next_events(ws)
+    await create_jobs(calo, 3)
+    for ws in clients:
+        events = await collect_until(ws, 6)
+        assert [e["seq"] for e in events] == [1, 2, 3, 4, 5, 6]
+        ws.close()

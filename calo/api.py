@@ -186,8 +186,7 @@ class JobsHandler(ApiHandler):
         except Overloaded as exc:
             raise ApiError(503, "too_many_pending_jobs", str(exc),
                            {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}) from None
-        job_id = json.loads(created.job_json)["id"]
-        self.set_header("Location", f"/jobs/{job_id}")
+        self.set_header("Location", f"/jobs/{created.job_id}")
         self.write_json(created.job_json, 201 if created.created else 200)
 
     def _check_body(self) -> None:

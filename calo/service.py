@@ -51,7 +51,7 @@ class JobService:
         if self._scheduler.pending_count() >= self._max_pending:
             earlier = self._reader.job_by_idempotency_key(idempotency_key) if idempotency_key else None
             if earlier is not None:
-                return CreateResult(earlier, created=False)
+                return CreateResult(*earlier, created=False)
             raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())

@@ -105,6 +105,7 @@ class NotRetryable(Exception):
 
 
 class CreateResult(NamedTuple):
+    job_id: str
     job_json: str
     created: bool  # False: the idempotency key was used before, this is that job
 
@@ -249,9 +250,9 @@ class Reader:
         row = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row[0] if row else None
 
-    def job_by_idempotency_key(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT doc FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    def job_by_idempotency_key(self, key: str) -> tuple[str, str] | None:
+        """(id, document) of the job created with this key, if any."""
+        return self._conn.execute("SELECT id, doc FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
 
     def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
         """Up to `limit` (num, doc) pairs, newest first, with num < `before` if given."""
@@ -341,17 +342,17 @@ def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
     def write(conn: sqlite3.Connection, events: list[Event]) -> CreateResult:
         if idempotency_key is not None:
             row = conn.execute(
-                "SELECT doc FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+                "SELECT id, doc FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
             ).fetchone()
             if row:
-                return CreateResult(row[0], created=False)
+                return CreateResult(row[0], row[1], created=False)
         job_json = job.to_json()
         conn.execute(
             "INSERT INTO jobs (id, status, due_at, idempotency_key, doc) VALUES (?, ?, ?, ?, ?)",
             (job.id, job.status, job.due_at, idempotency_key, job_json),
         )
         _append_event(conn, events, CREATED, job, job_json)
-        return CreateResult(job_json, created=True)
+        return CreateResult(job.id, job_json, created=True)
 
     return write
 

@@ -70,13 +70,12 @@ class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         """CORS headers, on every answer including errors (`send_error` clears headers
         and calls this again)."""
-        if not hasattr(self, "access"):
-            return
+        if not getattr(self, "access", None) or not self.access.allowed_origins:
+            return  # no CORS at all (and Tornado's first call comes before initialize)
         origin = self.request.headers.get("Origin")
         for name, value in self.access.cors_headers(origin, self.request.method == "OPTIONS").items():
             self.set_header(name, value)
-        if self.access.allowed_origins:
-            self.add_header("Vary", "Origin")
+        self.add_header("Vary", "Origin")
 
     def prepare(self) -> None:
         declared = self.request.headers.get("Content-Length", "0")

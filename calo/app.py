@@ -113,7 +113,8 @@ class Calo:
         settings = self.settings
         self.database = Database(settings.data_dir)
         self.exporter = JsonExporter(self.database)
-        self.writer = self.database.writer(self._on_commit)
+        # The writer completes each group's futures on the IOLoop in one callback.
+        self.writer = self.database.writer(self._on_commit, deliver=self._loop.add_callback)
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import fcntl
+import functools
 import os
 import queue
 import sqlite3
@@ -226,8 +227,10 @@ class Database:
         """A new Reader, to be used only on the calling thread."""
         return Reader(self.path)
 
-    def writer(self, on_commit: Callable[[list[Event]], None]) -> Writer:
-        return Writer(self.path, on_commit)
+    def writer(
+        self, on_commit: Callable[[list[Event]], None], deliver: Callable[[Callable[[], None]], None] | None = None
+    ) -> Writer:
+        return Writer(self.path, on_commit, deliver)
 
     def close(self) -> None:
         """Release the data-dir lock (close readers and stop the writer first)."""
@@ -458,6 +461,14 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
 _STOP = object()
 
 
+def _set_results(completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    for op, result, error in completions:
+        if error is None:
+            op.future.set_result(result)
+        else:
+            op.future.set_exception(error)
+
+
 class _OperationFailed(Exception):
     """An operation of a group raised; the group is run again, each in a savepoint."""
 
@@ -465,9 +476,19 @@ class _OperationFailed(Exception):
 class Writer:
     """The one write connection, on its own thread, committing in groups."""
 
-    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
+    def __init__(
+        self,
+        path: str,
+        on_commit: Callable[[list[Event]], None],
+        deliver: Callable[[Callable[[], None]], None] | None = None,
+    ):
+        """`on_commit(events)` is called on this thread after each commit. `deliver(fn)`,
+        if given, must run `fn` on the callers' thread (e.g. IOLoop.add_callback): each
+        group's futures are then completed there, in one hand-off per group instead of
+        one cross-thread wake-up per operation."""
         self._path = path
         self._on_commit = on_commit
+        self._deliver = deliver
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
@@ -559,12 +580,17 @@ class Writer:
             self._run_bare(conn, op)
         return not stopping
 
-    @staticmethod
-    def _run_bare(conn: sqlite3.Connection, op: _Op) -> None:
+    def _run_bare(self, conn: sqlite3.Connection, op: _Op) -> None:
         try:
-            op.future.set_result(op.fn(conn, []))
+            self._complete([(op, op.fn(conn, []), None)])
         except sqlite3.Error as exc:
-            op.future.set_exception(StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))
+            self._complete([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))])
+
+    def _complete(self, completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        if self._deliver is None:
+            _set_results(completions)
+        else:
+            self._deliver(functools.partial(_set_results, completions))
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         """Commit a group in one transaction. Operations run plainly first (failures are
@@ -578,14 +604,9 @@ class Writer:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            for op in group:
-                op.future.set_exception(StoreError(f"write failed: {exc}"))
+            self._complete([(op, None, StoreError(f"write failed: {exc}")) for op in group])
             return
-        for op, result, error in outcomes:
-            if error is None:
-                op.future.set_result(result)
-            else:
-                op.future.set_exception(error)
+        self._complete(outcomes)
         if events:
             self._on_commit(events)
 

@@ -1,0 +1,1 @@
+-- GET the URL given to wrk as it is (e.g. /jobs?limit=100).

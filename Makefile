@@ -1,5 +1,5 @@
 # Shortcuts for developers; the README's two commands need nothing but bash and python3.
-.PHONY: install run test lint
+.PHONY: install run test lint bench
 install:
 	bash scripts/bootstrap.sh --test
 run:
@@ -8,3 +8,5 @@ test:
 	bash scripts/test.sh
 lint:
 	.venv/bin/python -m pip install -q ruff && .venv/bin/ruff check calo tests server.py setup.py
+bench:
+	.venv/bin/python bench/run.py

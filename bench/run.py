@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python bench/run.py", *map(shlex.quote, given)])
         machine = h.machine()
         if machine["commit"] != commit:
-            machine["commit"] = f"{commit} at the start, {machine['commit']} at the end: the checkout moved during the run"
+            moved = f"{commit} at the start, {machine['commit']} at the end"
+            machine["commit"] = f"{moved}: the checkout moved during the run"
         with open(out, "w", encoding="utf-8") as file:
             file.write(report.document(results, machine, command, seconds))
         print(f"wrote {out}")

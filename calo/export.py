@@ -67,7 +67,6 @@ class JsonExporter:
         self.last_run_at: int | None = None
         self.last_duration: float | None = None
         self.last_ok: bool | None = None
-        self.last_count = 0
 
     def start(self) -> None:
         self._changed.set()  # one export at start-up, so the file exists and is current
@@ -100,13 +99,13 @@ class JsonExporter:
 
     def _pause(self) -> float:
         """Seconds until the next export may start: `interval`, or more for a big table,
-        so that exporting takes at most 1/PACING of the time (and of the GIL)."""
+        so that exporting takes at most 1/(PACING + 1) of the time (and of the GIL)."""
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
     def _export_logged(self, reader) -> None:
         started, ok = now_ms(), False
         try:
-            self.last_count = self.export(reader)
+            self.export(reader)
             ok = True
         except OSError as exc:  # e.g. a full disk: keep serving, try again on the next change
             log.error("JSON export to %s failed: %s", self.path, exc)

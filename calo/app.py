@@ -113,8 +113,8 @@ class Calo:
         settings = self.settings
         self.database = Database(settings.data_dir)
         self.exporter = JsonExporter(self.database)
-        # The writer completes each group's futures on the IOLoop in one callback.
-        self.writer = self.database.writer(self._on_commit, deliver=self._loop.add_callback)
+        # The writer hands each group's results and events to the IOLoop in one callback.
+        self.writer = self.database.writer(self._on_commit, loop=self._loop.asyncio_loop)
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
@@ -159,8 +159,8 @@ class Calo:
         self.loop_lag.start()
 
     def _on_commit(self, events: list[Event]) -> None:
-        """Writer thread: hand the committed events to the IOLoop and the exporter."""
-        self._loop.add_callback(self.hub.publish, events)
+        """IOLoop thread, after each commit: tell the live feed, the exporter, the metrics."""
+        self.hub.publish(events)
         self.exporter.mark_changed()
         self.metrics.observe_committed(events)
 

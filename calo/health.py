@@ -85,9 +85,8 @@ class Health:
     async def database(self) -> dict[str, Any]:
         """Does an (empty) write transaction commit in time?"""
         started = time.monotonic()
-        # shield: on a timeout the ping stays queued; cancelling a future the writer
-        # will later complete would make its set_result raise on the writer thread.
-        ping = asyncio.shield(asyncio.wrap_future(self._writer.ping()))
+        # shield: on a timeout the ping stays queued and completes later, unobserved.
+        ping = asyncio.shield(self._writer.ping())
         try:
             await asyncio.wait_for(ping, WRITE_CHECK_SECONDS)
         except TimeoutError:

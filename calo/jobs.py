@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import random
-import secrets
+import threading
 from typing import Any
 
 PENDING = "pending"
@@ -49,9 +50,39 @@ def parse_iso_utc(text: str | None) -> int | None:
     return round(datetime.datetime.fromisoformat(text).timestamp() * 1000)
 
 
+class _RandomTokens:
+    """Hex tokens cut from the kernel's CSPRNG 4 KiB at a time: one `getrandom` call per
+    512 tokens instead of one per token (that call was about 5% of a POST's CPU time).
+    Thread-safe; a forked child starts with a fresh buffer, so it never repeats a token."""
+
+    READ = 4096
+    TOKEN_BYTES = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._hex, self._at = "", 0
+
+    def next(self) -> str:
+        width = 2 * self.TOKEN_BYTES
+        with self._lock:
+            if self._at >= len(self._hex):
+                self._hex, self._at = os.urandom(self.READ).hex(), 0
+            token = self._hex[self._at:self._at + width]
+            self._at += width
+        return token
+
+
+random_token = _RandomTokens().next  # 16 hex characters, unguessable
+
+
 def new_job_id() -> str:
     """A random, URL-safe, unguessable job id."""
-    return secrets.token_hex(8)
+    return random_token()
 
 
 def draw_delay(minimum: float, maximum: float, step: float, rng: random.Random) -> float:

@@ -71,7 +71,7 @@ class Metrics:
         )
 
     def observe_committed(self, events: list[Event]) -> None:
-        """Writer thread, after a commit: count the changes, time the resolutions."""
+        """IOLoop thread, after a commit: count the changes, time the resolutions."""
         for event in events:
             counter = self._counters.get(event.type)
             if counter is None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 
 import tornado.httputil
 import tornado.web
+
+from calo.jobs import random_token
 
 log = logging.getLogger("calo.access")
 
@@ -39,7 +40,7 @@ def request_id(request: tornado.httputil.HTTPServerRequest) -> str:
     given = getattr(request, "calo_request_id", None)
     if given is None:
         header = request.headers.get(HEADER, "")
-        given = header if GIVEN_ID.fullmatch(header) else secrets.token_hex(8)
+        given = header if GIVEN_ID.fullmatch(header) else random_token()
         request.calo_request_id = given  # type: ignore[attr-defined]
     return given
 

@@ -233,7 +233,7 @@ class Scheduler:
         future = self._writer.apply_outcomes([outcome for outcome, _ in settled])
         self._loop.add_future(future, functools.partial(self._settled, settled))
 
-    def _settled(self, settled: list[tuple[Outcome, int]], future: concurrent.futures.Future) -> None:
+    def _settled(self, settled: list[tuple[Outcome, int]], future: asyncio.Future) -> None:
         self._settling -= len(settled)
         try:
             statuses = future.result()
@@ -249,6 +249,6 @@ class Scheduler:
             self._pump()
 
 
-def _log_write_failure(future: concurrent.futures.Future) -> None:
+def _log_write_failure(future: asyncio.Future) -> None:
     if future.exception() is not None:
         log.error("could not record a job's waiting state: %s", future.exception())

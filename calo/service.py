@@ -12,45 +12,13 @@ Must never: format HTTP responses or know about request handlers.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import random
-import threading
 
 from calo.jobs import Job, draw_delay, now_ms
 from calo.scheduler import Scheduler
 from calo.store import CreateResult, Event, NotRetryable, Reader, Writer
 
 __all__ = ["JobService", "NotRetryable", "Overloaded"]
-
-
-def on_this_loop(future: concurrent.futures.Future) -> asyncio.Future:
-    """Await a writer future. The app's writer completes futures on the IOLoop thread
-    (its `deliver`), so the result is passed on directly, with no cross-thread wake-up
-    per request (asyncio.wrap_future always makes one); a future completed on another
-    thread is still handed over safely."""
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    awaited = loop.create_future()
-
-    def pass_on(done: concurrent.futures.Future) -> None:
-        if threading.get_ident() == loop_thread:
-            _copy_result(done, awaited)
-        else:
-            loop.call_soon_threadsafe(_copy_result, done, awaited)
-
-    future.add_done_callback(pass_on)
-    return awaited
-
-
-def _copy_result(source: concurrent.futures.Future, target: asyncio.Future) -> None:
-    if target.cancelled():
-        return
-    error = source.exception()
-    if error is None:
-        target.set_result(source.result())
-    else:
-        target.set_exception(error)
 
 
 class Overloaded(Exception):
@@ -86,7 +54,7 @@ class JobService:
             raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())
-        result = await on_this_loop(self._writer.create_job(job, idempotency_key))
+        result = await self._writer.create_job(job, idempotency_key)
         if result.created:
             self._scheduler.add(job.id, job.due_at)
         return result
@@ -94,7 +62,7 @@ class JobService:
     async def retry_job(self, job_id: str) -> str | None:
         """Put a failed job back to pending, due now; its new document, or None if there
         is no such job. Raises NotRetryable if it is not failed."""
-        job_json = await on_this_loop(self._writer.retry_job(job_id, now_ms()))
+        job_json = await self._writer.retry_job(job_id, now_ms())
         if job_json is not None:
             job = Job.from_json(job_json)
             self._scheduler.add(job.id, job.due_at)

@@ -11,10 +11,14 @@ Threads:
   (the IOLoop thread has one, the JSON exporter has its own). In WAL mode a reader never
   waits for the writer; reads are indexed and bounded by a LIMIT.
 - `Writer` owns the only write connection on its own thread. Callers submit operations
-  and get a `concurrent.futures.Future`; operations that arrive together are committed in
-  one transaction (group commit, `synchronous=FULL`). After each commit the events it
-  appended go to the `on_commit` callable, called on the writer thread. A WAL checkpoint
-  runs on the same thread, between two groups, outside any transaction.
+  and get a future; operations that arrive together are committed in one transaction
+  (group commit, `synchronous=FULL`). After each commit the events it appended go to the
+  `on_commit` callable. Given an asyncio loop (the server's), the writer is used from that
+  loop's thread only: its futures are asyncio futures, and each group's results and
+  events reach the loop in one `call_soon_threadsafe`. Without one (scripts, tests), its
+  futures are `concurrent.futures.Future`s completed on the writer thread, where
+  `on_commit` runs too. A WAL checkpoint runs on the writer thread, between two groups,
+  outside any transaction.
 
 Must never: import Tornado, block its caller on a commit, or let one failing operation
 undo the others of its group.
@@ -22,10 +26,10 @@ undo the others of its group.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import fcntl
-import functools
 import os
 import queue
 import sqlite3
@@ -228,9 +232,9 @@ class Database:
         return Reader(self.path)
 
     def writer(
-        self, on_commit: Callable[[list[Event]], None], deliver: Callable[[Callable[[], None]], None] | None = None
+        self, on_commit: Callable[[list[Event]], None], loop: asyncio.AbstractEventLoop | None = None
     ) -> Writer:
-        return Writer(self.path, on_commit, deliver)
+        return Writer(self.path, on_commit, loop)
 
     def close(self) -> None:
         """Release the data-dir lock (close readers and stop the writer first)."""
@@ -325,10 +329,13 @@ class Reader:
 WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
 
 
+AnyFuture = asyncio.Future | concurrent.futures.Future
+
+
 @dataclasses.dataclass
 class _Op:
     fn: WriteFn
-    future: concurrent.futures.Future
+    future: AnyFuture
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
 
 
@@ -461,8 +468,18 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
 _STOP = object()
 
 
+def _claim(future: AnyFuture) -> bool:
+    """False if the caller cancelled the operation (skip it). A claimed concurrent future
+    can no longer be cancelled; an asyncio one still can, so `_set_results` checks again."""
+    if isinstance(future, concurrent.futures.Future):
+        return future.set_running_or_notify_cancel()
+    return not future.cancelled()
+
+
 def _set_results(completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
     for op, result, error in completions:
+        if op.future.cancelled():
+            continue  # only an asyncio future, cancelled while its group was committed
         if error is None:
             op.future.set_result(result)
         else:
@@ -477,18 +494,17 @@ class Writer:
     """The one write connection, on its own thread, committing in groups."""
 
     def __init__(
-        self,
-        path: str,
-        on_commit: Callable[[list[Event]], None],
-        deliver: Callable[[Callable[[], None]], None] | None = None,
+        self, path: str, on_commit: Callable[[list[Event]], None], loop: asyncio.AbstractEventLoop | None = None
     ):
-        """`on_commit(events)` is called on this thread after each commit. `deliver(fn)`,
-        if given, must run `fn` on the callers' thread (e.g. IOLoop.add_callback): each
-        group's futures are then completed there, in one hand-off per group instead of
-        one cross-thread wake-up per operation."""
+        """`on_commit(events)` is called after each commit that appended events. With
+        `loop`, every method must be called on that loop's thread and returns an asyncio
+        future; a group's futures are completed, then `on_commit` called, on the loop, in
+        one hand-off (one wake-up of the loop per group, not one per operation, and no
+        thread-safe future per operation). Without it, methods may be called from any
+        thread and return concurrent futures, completed on the writer thread."""
         self._path = path
         self._on_commit = on_commit
-        self._deliver = deliver
+        self._loop = loop
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
@@ -503,44 +519,45 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join()
 
-    # Each method below is safe to call from any thread and returns at once.
+    # Each method below returns at once: see __init__ for the thread it is called on.
 
-    def create_job(self, job: Job, idempotency_key: str | None = None) -> concurrent.futures.Future:
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> AnyFuture:
         """Future of a CreateResult."""
         return self._submit(_create_job(job, idempotency_key))
 
-    def apply_outcomes(self, outcomes: list[Outcome]) -> concurrent.futures.Future:
+    def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
         """Future of each job's new status (None where it was not pending), in order:
         one operation (and one wake-up of the caller) for a whole batch of photos."""
         return self._submit(_apply_outcomes(outcomes))
 
-    def apply_outcome(self, outcome: Outcome) -> concurrent.futures.Future:
+    def apply_outcome(self, outcome: Outcome) -> AnyFuture:
         """Future of the job's new status, or None if it was not pending."""
         return self._submit(lambda conn, events: _apply_one_outcome(conn, events, outcome))
 
-    def retry_job(self, job_id: str, at: int) -> concurrent.futures.Future:
+    def retry_job(self, job_id: str, at: int) -> AnyFuture:
         """Future of the job's new document (pending, due at `at`), None if there is no
         such job; raises NotRetryable unless it is failed."""
         return self._submit(_retry_job(job_id, at))
 
-    def prune_events(self, older_than_ms: int) -> concurrent.futures.Future:
+    def prune_events(self, older_than_ms: int) -> AnyFuture:
         return self._submit(_prune_events(older_than_ms))
 
-    def ping(self) -> concurrent.futures.Future:
+    def ping(self) -> AnyFuture:
         """Future of None once an empty write transaction has committed (health check)."""
         return self._submit(_nothing)
 
-    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> concurrent.futures.Future:
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> AnyFuture:
         """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
         return self._submit(_delete_settled_jobs(cutoff_ms, after_num, limit))
 
-    def checkpoint(self) -> concurrent.futures.Future:
+    def checkpoint(self) -> AnyFuture:
         """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
         on this thread outside any transaction (SQLite refuses one inside)."""
         return self._submit(_checkpoint, bare=True)
 
-    def _submit(self, fn: WriteFn, bare: bool = False) -> concurrent.futures.Future:
-        op = _Op(fn, concurrent.futures.Future(), bare)
+    def _submit(self, fn: WriteFn, bare: bool = False) -> AnyFuture:
+        future = concurrent.futures.Future() if self._loop is None else self._loop.create_future()
+        op = _Op(fn, future, bare)
         self._queue.put(op)
         return op.future
 
@@ -571,7 +588,7 @@ class Writer:
             group = [op for op in group if op is not _STOP]
         # An operation whose caller cancelled it is skipped; the rest can no longer be
         # cancelled, so setting their results cannot fail and kill this thread.
-        group = [op for op in group if op.future.set_running_or_notify_cancel()]
+        group = [op for op in group if _claim(op.future)]
         bare = [op for op in group if op.bare]
         group = [op for op in group if not op.bare]
         if group:
@@ -582,15 +599,24 @@ class Writer:
 
     def _run_bare(self, conn: sqlite3.Connection, op: _Op) -> None:
         try:
-            self._complete([(op, op.fn(conn, []), None)])
+            self._hand_over([(op, op.fn(conn, []), None)], [])
         except sqlite3.Error as exc:
-            self._complete([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))])
+            self._hand_over([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))], [])
 
-    def _complete(self, completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        if self._deliver is None:
-            _set_results(completions)
-        else:
-            self._deliver(functools.partial(_set_results, completions))
+    def _hand_over(self, completions: list[tuple[_Op, Any, BaseException | None]], events: list[Event]) -> None:
+        """Writer thread: complete the futures, then report the events, on the callers' side."""
+        if self._loop is None:
+            self._settle(completions, events)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._settle, completions, events)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _settle(self, completions: list[tuple[_Op, Any, BaseException | None]], events: list[Event]) -> None:
+        _set_results(completions)
+        if events:
+            self._on_commit(events)
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
         """Commit a group in one transaction. Operations run plainly first (failures are
@@ -604,11 +630,9 @@ class Writer:
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._complete([(op, None, StoreError(f"write failed: {exc}")) for op in group])
+            self._hand_over([(op, None, StoreError(f"write failed: {exc}")) for op in group], [])
             return
-        self._complete(outcomes)
-        if events:
-            self._on_commit(events)
+        self._hand_over(outcomes, events)
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Op], isolated: bool) -> tuple[list, list[Event]]:
         events: list[Event] = []

@@ -15,7 +15,6 @@ Must never: block the IOLoop, or run a task again while its previous run is unfi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -113,7 +112,7 @@ class Upkeep:
 
     async def prune_events(self) -> int:
         """Delete events older than the retention; returns how many."""
-        pruned = await asyncio.wrap_future(self._writer.prune_events(now_ms() - self._retention_ms))
+        pruned = await self._writer.prune_events(now_ms() - self._retention_ms)
         if pruned:
             log.info("pruned %d events older than %d s", pruned, self._retention_ms // 1000)
         return pruned
@@ -121,7 +120,7 @@ class Upkeep:
     async def checkpoint_wal(self) -> tuple[int, int, int]:
         """Checkpoint and truncate the WAL (on the writer thread); returns SQLite's
         (busy, wal frames, frames copied)."""
-        busy, frames, copied = await asyncio.wrap_future(self._writer.checkpoint())
+        busy, frames, copied = await self._writer.checkpoint()
         if busy:  # a reader (the exporter, a long replay) held an old snapshot
             log.info("WAL checkpoint left for next time: a reader is busy (%d of %d frames copied)", copied, frames)
         return busy, frames, copied
@@ -133,7 +132,7 @@ class Upkeep:
         for _ in range(RETAIN_MAX_BATCHES):
             if self._stopped:
                 break
-            batch = await asyncio.wrap_future(self._writer.delete_settled_jobs(cutoff, after, RETAIN_BATCH))
+            batch = await self._writer.delete_settled_jobs(cutoff, after, RETAIN_BATCH)
             deleted, after = deleted + batch.deleted, batch.last_num
             if batch.done:
                 break

@@ -95,7 +95,7 @@ async def test_no_gap_and_no_duplicate_when_events_commit_during_the_replay(http
 async def test_reset_when_the_missed_events_were_pruned(http_server, http_port, calo):
     await create_jobs(calo, 2)
     await wait_until(lambda: calo.service.latest_seq() == 4)
-    await asyncio.wrap_future(calo.writer.prune_events(now_ms() + 1))
+    await calo.writer.prune_events(now_ms() + 1)
     ws = await connect(http_port, since=1)
     assert await next_events(ws) == [{"type": "hello", "seq": 4}]
     assert await next_events(ws) == [{"type": "reset", "seq": 4}]

@@ -18,12 +18,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from calo.app import Calo
 from calo.config import ConfigError, Settings, help_text, parse_settings
 from calo.export import read_export
+from calo.httpserver import SlowClientsCutOffServer
 from calo.logs import configure_logging
 from calo.store import Database, StoreError
 from calo.systemd import SystemdLink
@@ -38,7 +38,7 @@ class StartupError(Exception):
     """The server cannot start; the message is one line for the operator."""
 
 
-def _listen(server: HTTPServer, settings: Settings) -> int:
+def _listen(server: SlowClientsCutOffServer, settings: Settings) -> int:
     try:
         sockets = bind_sockets(settings.port, settings.host)
     except OSError as exc:
@@ -61,10 +61,10 @@ async def serve(settings: Settings) -> None:
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     systemd = SystemdLink.from_environ(os.environ, calo.health)  # does nothing outside systemd
-    server = HTTPServer(
+    server = SlowClientsCutOffServer(
         app,
         # A client that sends its headers or body too slowly is cut off; others never wait.
-        idle_connection_timeout=settings.client_timeout,
+        header_timeout=settings.client_timeout,
         body_timeout=settings.client_timeout,
         max_body_size=MAX_BODY_BYTES,
     )

@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import fcntl
+import json
 import os
 import queue
 import sqlite3
@@ -337,6 +338,7 @@ class _Op:
     fn: WriteFn
     future: AnyFuture
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
+    new_job: Job | None = None  # a create without a key: the group inserts these together
 
 
 def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job, job_json: str) -> None:
@@ -365,6 +367,31 @@ def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
         return CreateResult(job.id, job_json, created=True)
 
     return write
+
+
+# A group's new jobs and their events, each inserted by one statement from one JSON array
+# of [id, status, due_at, doc]: the statement runs in one step, so the writer takes the
+# GIL back once per group instead of twice per job (each handover stalls the IOLoop).
+_INSERT_NEW_JOBS = (
+    "INSERT INTO jobs (id, status, due_at, doc) SELECT json_extract(value, '$[0]'),"
+    " json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]')"
+    " FROM json_each(?) ORDER BY key"
+)
+_INSERT_CREATED_EVENTS = (
+    "INSERT INTO events (type, job_id, created_at, job) SELECT ?, json_extract(value, '$[0]'), ?,"
+    " json_extract(value, '$[3]') FROM json_each(?) ORDER BY key"
+)
+
+
+def _insert_new_jobs(conn: sqlite3.Connection, events: list[Event], jobs: list[Job]) -> list[CreateResult]:
+    created = [CreateResult(job.id, job.to_json(), created=True) for job in jobs]
+    rows = json.dumps([[job.id, job.status, job.due_at, new.job_json] for job, new in zip(jobs, created, strict=True)])
+    conn.execute(_INSERT_NEW_JOBS, (rows,))
+    # One statement under the write lock: the events' seqs are consecutive, ending at lastrowid.
+    last_seq = conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)).lastrowid
+    first_seq = last_seq - len(created) + 1
+    events.extend(Event(first_seq + n, CREATED, new.job_id, new.job_json) for n, new in enumerate(created))
+    return created
 
 
 def _apply_one_outcome(conn: sqlite3.Connection, events: list[Event], outcome: Outcome) -> str | None:
@@ -523,7 +550,7 @@ class Writer:
 
     def create_job(self, job: Job, idempotency_key: str | None = None) -> AnyFuture:
         """Future of a CreateResult."""
-        return self._submit(_create_job(job, idempotency_key))
+        return self._submit(_create_job(job, idempotency_key), new_job=job if idempotency_key is None else None)
 
     def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
         """Future of each job's new status (None where it was not pending), in order:
@@ -555,9 +582,9 @@ class Writer:
         on this thread outside any transaction (SQLite refuses one inside)."""
         return self._submit(_checkpoint, bare=True)
 
-    def _submit(self, fn: WriteFn, bare: bool = False) -> AnyFuture:
+    def _submit(self, fn: WriteFn, bare: bool = False, new_job: Job | None = None) -> AnyFuture:
         future = concurrent.futures.Future() if self._loop is None else self._loop.create_future()
-        op = _Op(fn, future, bare)
+        op = _Op(fn, future, bare, new_job)
         self._queue.put(op)
         return op.future
 
@@ -635,15 +662,20 @@ class Writer:
         self._hand_over(outcomes, events)
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Op], isolated: bool) -> tuple[list, list[Event]]:
+        """Plainly, the group's new jobs are inserted together first, then the other
+        operations run one by one; isolated, every operation runs alone in a savepoint."""
         events: list[Event] = []
         outcomes: list[tuple[_Op, Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
-        for op in group:
-            if isolated:
-                outcomes.append(self._run_in_savepoint(conn, op, events))
-                continue
+        if isolated:
+            outcomes = [self._run_in_savepoint(conn, op, events) for op in group]
+        else:
             try:
-                outcomes.append((op, op.fn(conn, events), None))
+                creates = [op for op in group if op.new_job is not None]
+                if creates:
+                    results = _insert_new_jobs(conn, events, [op.new_job for op in creates])
+                    outcomes.extend((op, result, None) for op, result in zip(creates, results, strict=True))
+                outcomes.extend((op, op.fn(conn, events), None) for op in group if op.new_job is None)
             except Exception:  # run again, isolated, by _commit
                 conn.execute("ROLLBACK")
                 raise _OperationFailed from None

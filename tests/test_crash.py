@@ -15,6 +15,7 @@ import time
 import requests
 
 from tests.conftest import poll
+from tests.test_live import raw_websocket_that_never_reads
 from tests.test_process import all_jobs, resolution_events, run_server
 
 
@@ -132,10 +133,25 @@ def test_slow_clients_are_cut_off_without_blocking_others(server_process):
     slow_headers.sendall(b"GET /jobs HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest
     slow_body = socket.create_connection((host, int(port)))
     slow_body.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    silent = socket.create_connection((host, int(port)))  # connects, never sends a byte
+    idle = socket.create_connection((host, int(port)))  # one request, then an idle keep-alive
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+    live = raw_websocket_that_never_reads(int(port))  # headers done: never cut off as slow
+    started = time.monotonic()
     assert server.get("/jobs").status_code == 200  # others are served meanwhile
-    for sock in (slow_headers, slow_body):
+    for sock in (slow_headers, slow_body, silent, idle):
         sock.settimeout(10)
-        started = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the server
-        assert time.monotonic() - started < 9
         sock.close()
+    assert time.monotonic() - started < 9
+    time.sleep(1.5)  # past the timeout and a sweep: the WebSocket still gets events
+    server.post("/jobs")
+    live.settimeout(10)
+    received = b""
+    for _ in range(10):  # the hello, then the event (each recv waits at most 10 s)
+        received += live.recv(65536)
+        if b"job.created" in received:
+            break
+    assert b"job.created" in received
+    live.close()

@@ -1,0 +1,84 @@
+"""The HTTP server: Tornado's, with clients that are too slow to send a request cut off.
+
+Owns how long a connection may wait before its next request's headers have arrived
+(a client that opens a connection and sends nothing, or sends its headers a byte at a
+time, or keeps an idle keep-alive connection). Tornado's own `idle_connection_timeout`
+does this with a timer and a wrapped future for every request, about a tenth of a small
+request's CPU time; here one sweep per second looks at the connections still waiting.
+A slow body is left to Tornado's `body_timeout`, which costs only requests with a body.
+
+Threads: IOLoop thread only, like Tornado's server.
+Must never: close a connection whose request headers have arrived (a request being
+answered, or a WebSocket), or hold a connection after Tornado has closed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import tornado.httputil
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
+
+SWEEP_EVERY_MS = 1000
+
+
+class SlowClientsCutOffServer(HTTPServer):
+    """An HTTPServer whose connections must deliver each request's headers within
+    `header_timeout` seconds of starting to wait for them (within one sweep)."""
+
+    def initialize(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self._waiting: dict[Any, float] = {}  # connection -> deadline for its next headers
+        self._sweep = PeriodicCallback(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, header_timeout * 250))
+        self._sweep.start()
+
+    def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection):  # type: ignore[no-untyped-def]
+        """Tornado calls this when a connection starts waiting for its next request."""
+        self._waiting[server_conn] = time.monotonic() + self._header_timeout
+        return _HeadersArrive(super().start_request(server_conn, request_conn), self._waiting, server_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self._waiting.pop(server_conn, None)
+        super().on_close(server_conn)
+
+    def stop(self) -> None:
+        self._sweep.stop()
+        super().stop()
+
+    def waiting_connections(self) -> int:
+        return len(self._waiting)
+
+    def _cut_off_slow_clients(self) -> None:
+        now = time.monotonic()
+        late = [conn for conn, deadline in self._waiting.items() if deadline <= now]
+        for conn in late:
+            del self._waiting[conn]
+            conn.stream.close()  # Tornado then ends the connection and calls on_close
+
+
+class _HeadersArrive(tornado.httputil.HTTPMessageDelegate):
+    """Passes everything on to Tornado's delegate; the headers' arrival ends the wait."""
+
+    __slots__ = ("_delegate", "_waiting", "_conn")
+
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, waiting: dict, conn: object):
+        self._delegate = delegate
+        self._waiting = waiting
+        self._conn = conn
+
+    def headers_received(self, start_line, headers) -> Awaitable[None] | None:  # type: ignore[no-untyped-def]
+        self._waiting.pop(self._conn, None)
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._delegate.on_connection_close()

@@ -38,6 +38,7 @@ from calo.store import Database, Event
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
+from calo.writer_process import WriterProcess
 
 log = logging.getLogger("calo")
 
@@ -113,8 +114,9 @@ class Calo:
         settings = self.settings
         self.database = Database(settings.data_dir)
         self.exporter = JsonExporter(self.database)
-        # The writer hands each group's results and events to the IOLoop in one callback.
-        self.writer = self.database.writer(self._on_commit, loop=self._loop.asyncio_loop)
+        # The writer runs in its own process; each group's results and events come back
+        # to the IOLoop as one message.
+        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop)
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")

@@ -64,8 +64,7 @@ async def serve(settings: Settings) -> None:
     server = SlowClientsCutOffServer(
         app,
         # A client that sends its headers or body too slowly is cut off; others never wait.
-        header_timeout=settings.client_timeout,
-        body_timeout=settings.client_timeout,
+        request_timeout=settings.client_timeout,
         max_body_size=MAX_BODY_BYTES,
     )
     try:

@@ -121,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_pending", "--max-pending", ("CALO_MAX_PENDING",), _positive_int, 100_000,
             "pending jobs at most; past it POST /jobs answers 503"),
     Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _seconds, 30.0,
-            "seconds a client may take to send a request's headers or body"),
+            "seconds a client may take to send a whole request (headers and body), or keep an idle connection"),
     Setting("shutdown_grace", "--shutdown-grace", ("CALO_SHUTDOWN_GRACE",), _seconds, 10.0,
             "seconds in-flight Unsplash calls may finish in after SIGTERM/SIGINT"),
     Setting("retain_days", "--retain-days", ("CALO_RETAIN_DAYS",), _optional_days, None,

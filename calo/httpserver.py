@@ -1,14 +1,14 @@
 """The HTTP server: Tornado's, with clients that are too slow to send a request cut off.
 
-Owns how long a connection may wait before its next request's headers have arrived
-(a client that opens a connection and sends nothing, or sends its headers a byte at a
-time, or keeps an idle keep-alive connection). Tornado's own `idle_connection_timeout`
-does this with a timer and a wrapped future for every request, about a tenth of a small
+Owns how long a connection may take to deliver its next whole request, headers and body:
+a client that opens a connection and sends nothing, sends a byte at a time, stops in the
+middle of its body, or keeps an idle keep-alive connection, is disconnected. Tornado's
+own `idle_connection_timeout` and `body_timeout` do this with a timer and a wrapped
+future for every request (even one with an empty body), about a tenth of a small
 request's CPU time; here one sweep per second looks at the connections still waiting.
-A slow body is left to Tornado's `body_timeout`, which costs only requests with a body.
 
 Threads: IOLoop thread only, like Tornado's server.
-Must never: close a connection whose request headers have arrived (a request being
+Must never: close a connection whose request has fully arrived (a request being
 answered, or a WebSocket), or hold a connection after Tornado has closed it.
 """
 
@@ -26,20 +26,20 @@ SWEEP_EVERY_MS = 1000
 
 
 class SlowClientsCutOffServer(HTTPServer):
-    """An HTTPServer whose connections must deliver each request's headers within
-    `header_timeout` seconds of starting to wait for them (within one sweep)."""
+    """An HTTPServer whose connections must deliver each whole request within
+    `request_timeout` seconds of starting to wait for it (give or take one sweep)."""
 
-    def initialize(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, request_timeout: float, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
-        self._header_timeout = header_timeout
+        self._request_timeout = request_timeout
         self._waiting: dict[Any, float] = {}  # connection -> deadline for its next headers
-        self._sweep = PeriodicCallback(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, header_timeout * 250))
+        self._sweep = PeriodicCallback(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, request_timeout * 250))
         self._sweep.start()
 
     def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection):  # type: ignore[no-untyped-def]
         """Tornado calls this when a connection starts waiting for its next request."""
-        self._waiting[server_conn] = time.monotonic() + self._header_timeout
-        return _HeadersArrive(super().start_request(server_conn, request_conn), self._waiting, server_conn)
+        self._waiting[server_conn] = time.monotonic() + self._request_timeout
+        return _RequestArrives(super().start_request(server_conn, request_conn), self._waiting, server_conn)
 
     def on_close(self, server_conn: object) -> None:
         self._waiting.pop(server_conn, None)
@@ -60,8 +60,8 @@ class SlowClientsCutOffServer(HTTPServer):
             conn.stream.close()  # Tornado then ends the connection and calls on_close
 
 
-class _HeadersArrive(tornado.httputil.HTTPMessageDelegate):
-    """Passes everything on to Tornado's delegate; the headers' arrival ends the wait."""
+class _RequestArrives(tornado.httputil.HTTPMessageDelegate):
+    """Passes everything on to Tornado's delegate; the request's last byte ends the wait."""
 
     __slots__ = ("_delegate", "_waiting", "_conn")
 
@@ -71,13 +71,13 @@ class _HeadersArrive(tornado.httputil.HTTPMessageDelegate):
         self._conn = conn
 
     def headers_received(self, start_line, headers) -> Awaitable[None] | None:  # type: ignore[no-untyped-def]
-        self._waiting.pop(self._conn, None)
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return self._delegate.data_received(chunk)
 
     def finish(self) -> None:
+        self._waiting.pop(self._conn, None)
         self._delegate.finish()
 
     def on_connection_close(self) -> None:

@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import queue
@@ -108,6 +109,9 @@ class NotRetryable(Exception):
     def __init__(self, status: str):
         super().__init__(f"job is {status}, not failed")
         self.status = status
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return NotRetryable, (self.status,)  # it crosses the pipe from the writer process
 
 
 class CreateResult(NamedTuple):
@@ -339,6 +343,7 @@ class _Op:
     future: AnyFuture
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
     new_job: Job | None = None  # a create without a key: the group inserts these together
+    tag: object = None  # what `_hand_over` calls it (the writer process's request number)
 
 
 def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job, job_json: str) -> None:
@@ -517,7 +522,64 @@ class _OperationFailed(Exception):
     """An operation of a group raised; the group is run again, each in a savepoint."""
 
 
-class Writer:
+class WriteRequests:
+    """The writes the rest of Calo Jobs may ask for, each answered by a future. Every
+    method returns at once; `_request` (the writer thread's queue, or the pipe to the
+    writer process) decides which thread it may be called on."""
+
+    def _request(self, name: str, args: tuple) -> AnyFuture:
+        raise NotImplementedError
+
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> AnyFuture:
+        """Future of a CreateResult."""
+        return self._request("create_job", (job, idempotency_key))
+
+    def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
+        """Future of each job's new status (None where it was not pending), in order:
+        one operation (and one wake-up of the caller) for a whole batch of photos."""
+        return self._request("apply_outcomes", (outcomes,))
+
+    def apply_outcome(self, outcome: Outcome) -> AnyFuture:
+        """Future of the job's new status, or None if it was not pending."""
+        return self._request("apply_outcome", (outcome,))
+
+    def retry_job(self, job_id: str, at: int) -> AnyFuture:
+        """Future of the job's new document (pending, due at `at`), None if there is no
+        such job; raises NotRetryable unless it is failed."""
+        return self._request("retry_job", (job_id, at))
+
+    def prune_events(self, older_than_ms: int) -> AnyFuture:
+        return self._request("prune_events", (older_than_ms,))
+
+    def ping(self) -> AnyFuture:
+        """Future of None once an empty write transaction has committed (health check)."""
+        return self._request("ping", ())
+
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> AnyFuture:
+        """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
+        return self._request("delete_settled_jobs", (cutoff_ms, after_num, limit))
+
+    def checkpoint(self) -> AnyFuture:
+        """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
+        on the writer thread outside any transaction (SQLite refuses one inside)."""
+        return self._request("checkpoint", ())
+
+
+# name -> (write function, bare: runs after the group's transaction, the new job if the
+# group may insert it together with others). Names and arguments cross a process boundary.
+_OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
+    "create_job": lambda job, key: (_create_job(job, key), False, job if key is None else None),
+    "apply_outcomes": lambda outcomes: (_apply_outcomes(outcomes), False, None),
+    "apply_outcome": lambda outcome: (functools.partial(_apply_one_outcome, outcome=outcome), False, None),
+    "retry_job": lambda job_id, at: (_retry_job(job_id, at), False, None),
+    "prune_events": lambda older_than_ms: (_prune_events(older_than_ms), False, None),
+    "ping": lambda: (_nothing, False, None),
+    "delete_settled_jobs": lambda *args: (_delete_settled_jobs(*args), False, None),
+    "checkpoint": lambda: (_checkpoint, True, None),
+}
+
+
+class Writer(WriteRequests):
     """The one write connection, on its own thread, committing in groups."""
 
     def __init__(
@@ -546,47 +608,12 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join()
 
-    # Each method below returns at once: see __init__ for the thread it is called on.
-
-    def create_job(self, job: Job, idempotency_key: str | None = None) -> AnyFuture:
-        """Future of a CreateResult."""
-        return self._submit(_create_job(job, idempotency_key), new_job=job if idempotency_key is None else None)
-
-    def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
-        """Future of each job's new status (None where it was not pending), in order:
-        one operation (and one wake-up of the caller) for a whole batch of photos."""
-        return self._submit(_apply_outcomes(outcomes))
-
-    def apply_outcome(self, outcome: Outcome) -> AnyFuture:
-        """Future of the job's new status, or None if it was not pending."""
-        return self._submit(lambda conn, events: _apply_one_outcome(conn, events, outcome))
-
-    def retry_job(self, job_id: str, at: int) -> AnyFuture:
-        """Future of the job's new document (pending, due at `at`), None if there is no
-        such job; raises NotRetryable unless it is failed."""
-        return self._submit(_retry_job(job_id, at))
-
-    def prune_events(self, older_than_ms: int) -> AnyFuture:
-        return self._submit(_prune_events(older_than_ms))
-
-    def ping(self) -> AnyFuture:
-        """Future of None once an empty write transaction has committed (health check)."""
-        return self._submit(_nothing)
-
-    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> AnyFuture:
-        """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
-        return self._submit(_delete_settled_jobs(cutoff_ms, after_num, limit))
-
-    def checkpoint(self) -> AnyFuture:
-        """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
-        on this thread outside any transaction (SQLite refuses one inside)."""
-        return self._submit(_checkpoint, bare=True)
-
-    def _submit(self, fn: WriteFn, bare: bool = False, new_job: Job | None = None) -> AnyFuture:
+    def _request(self, name: str, args: tuple, tag: object = None) -> AnyFuture:
+        """Queue the operation `name` (see `_OPERATIONS`). `tag` names it in `_hand_over`."""
+        fn, bare, new_job = _OPERATIONS[name](*args)
         future = concurrent.futures.Future() if self._loop is None else self._loop.create_future()
-        op = _Op(fn, future, bare, new_job)
-        self._queue.put(op)
-        return op.future
+        self._queue.put(_Op(fn, future, bare, new_job, tag))
+        return future
 
     def _run(self) -> None:
         try:

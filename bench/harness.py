@@ -188,22 +188,44 @@ def start_baseline(page_size: int) -> tuple[Proc, str]:
 # -- /proc sampling ------------------------------------------------------------------------
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants (Calo Jobs runs its SQLite writer in a child,
+    and multiprocessing adds a resource tracker): every figure counts them all."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{tree[index]}/task"):
+                with open(f"/proc/{tree[index]}/task/{task}/children", encoding="ascii") as children:
+                    tree.extend(int(child) for child in children.read().split())
+        index += 1
+    return tree
+
+
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (kB) and Threads of a live process, from /proc/PID/status."""
-    wanted, values = ("VmRSS", "VmHWM", "Threads"), {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in wanted:
-                values[key] = int(rest.split()[0])
+    """VmRSS and VmHWM (kB) and Threads of a live process and its descendants, summed,
+    from /proc/PID/status (a descendant that just exited is left out)."""
+    wanted, values = ("VmRSS", "VmHWM", "Threads"), dict.fromkeys(("VmRSS", "VmHWM", "Threads"), 0)
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status", encoding="ascii") as status:
+                for line in status:
+                    key, _, rest = line.partition(":")
+                    if key in wanted:
+                        values[key] += int(rest.split()[0])
+        except FileNotFoundError:
+            if member == pid:
+                raise
     return values
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a live process has used so far, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a live process and its descendants have used so far."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{member}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Sampler:

@@ -28,6 +28,9 @@ from calo.jobs import now_ms, parse_iso_utc
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300")  # nothing resolves during a run
 WORKERS = 8
+# Threads besides the pool, in all of the server's processes: the IOLoop, the exporter, the
+# writer process's reader and writer threads, multiprocessing's resource tracker.
+OTHER_THREADS = 5
 FETCH_SECONDS = 0.02  # the fake Unsplash answers in 20 ms
 STALL_TARGET_MS = 50
 
@@ -221,8 +224,8 @@ def throughput_row(number: str, name: str, pairs: Sequence[tuple[dict, dict]], w
         ratio=f"{ratio:.2f}×", target=f"≥ {want:.1f}× baseline", passed=ratio >= want and bad == 0 and errors == 0,
         details=[
             f"runs (calo/baseline req/s): {runs}",
-            f"server CPU time per request, Calo/baseline: {cpu} µs (both are one Python process, "
-            "so about one core at most: the GIL)",
+            f"server CPU time per request, Calo/baseline: {cpu} µs (Calo's: the server and its "
+            "writer process together)",
             f"answers other than {ok_status}: {bad}; socket errors and timeouts: {errors}",
         ],
     )
@@ -317,11 +320,11 @@ def timeliness(ctx: Context) -> list[Result]:
     ctx.peak_resolving_mb = max(r["rss_kb"] for r in runs) / 1024
     per_run = each("{:.0f}/{:.0f}", [(h.percentile(r["late"], 99), max(r["late"])) for r in runs])
     margins = each("{:.1f} s", [r["margin_ms"] / 1000 for r in runs])
-    ok = p99 <= 100 and worst <= 1000 and threads <= WORKERS + 3 and all(r["settled"] for r in runs)
+    ok = p99 <= 100 and worst <= 1000 and threads <= WORKERS + OTHER_THREADS and all(r["settled"] for r in runs)
     return [Result(
         "3", f"timeliness: {s.pending:,} pending, due over {s.spread_seconds:g} s, upstream 20 ms",
         figure=f"lateness p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms; threads {threads}",
-        target=f"p99 ≤ 100 ms, max ≤ 1 s, threads ≤ {WORKERS}+3", passed=ok,
+        target=f"p99 ≤ 100 ms, max ≤ 1 s, threads ≤ {WORKERS}+{OTHER_THREADS}", passed=ok,
         stall=stall_text([r["probe"] for r in runs]),
         details=[
             "jobs made by bench/make_db.py (status pending, due_at = start + uniform(0, "
@@ -358,6 +361,8 @@ def memory(ctx: Context) -> list[Result]:
         figure=f"VmRSS {rss:.0f} MB, VmHWM {hwm:.0f} MB", target="≤ 200 MB", passed=hwm <= 200,
         stall=stall_text(probes),
         details=[
+            "the server's processes summed (the server, its SQLite writer process, multiprocessing's "
+            "resource tracker); "
             f"jobs pending, due in a month (made by bench/make_db.py); sampled every 0.2 s for "
             f"{s.memory_seconds:g} s after ready (the start-up JSON export included); "
             f"per run VmHWM: {each('{:.0f} MB', [w for _, w in samples])}",

@@ -32,7 +32,7 @@ import tornado.web
 from calo.access import AccessPolicy
 from calo.jobs import STATUSES
 from calo.requestlog import LoggedByAccessLine
-from calo.service import JobService, NotRetryable, Overloaded
+from calo.service import JobService, NotRetryable, Overloaded, StoreError
 
 JSON_TYPE = "application/json; charset=utf-8"
 MAX_BODY_BYTES = 64 * 1024
@@ -125,6 +125,13 @@ class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
 
+def storage_unavailable(exc: StoreError) -> ApiError:
+    """Nothing was committed (the disk or the writer failed): the client may try again,
+    with the same Idempotency-Key, once the service is back."""
+    return ApiError(503, "storage_unavailable", f"the job could not be stored: {exc}",
+                    {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+
+
 class NotFoundHandler(ApiHandler):
     """Every route that does not exist."""
 
@@ -185,6 +192,8 @@ class JobsHandler(ApiHandler):
         except Overloaded as exc:
             raise ApiError(503, "too_many_pending_jobs", str(exc),
                            {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}) from None
+        except StoreError as exc:
+            raise storage_unavailable(exc) from None
         self.set_header("Location", f"/jobs/{created.job_id}")
         self.write_json(created.job_json, 201 if created.created else 200)
 
@@ -214,6 +223,8 @@ class RetryHandler(ApiHandler):
     async def post(self, job_id: str) -> None:
         try:
             doc = await self.service.retry_job(job_id)
+        except StoreError as exc:
+            raise storage_unavailable(exc) from None
         except NotRetryable as exc:
             message = f"only a failed job can be retried; this one is {exc.status}"
             raise ApiError(409, "job_not_failed", message) from None

@@ -18,6 +18,7 @@ import concurrent.futures
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 import tornado.web
 from tornado.ioloop import IOLoop
@@ -99,8 +100,11 @@ def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSourc
 class Calo:
     """The running service: every part, built from settings and wired together."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, on_fatal: Callable[[str], None] = lambda reason: None):
+        """`on_fatal(reason)` is called (on the IOLoop) if the service can no longer work
+        (its writer process died); the process should then stop and exit non-zero."""
         self.settings = settings
+        self.on_fatal = on_fatal
         self.web_root = find_web_root()
         self.metrics = Metrics()
         self.source = MeteredSource(make_source(settings, self.web_root), self.metrics.upstream_requests)
@@ -116,7 +120,7 @@ class Calo:
         self.exporter = JsonExporter(self.database)
         # The writer runs in its own process; each group's results and events come back
         # to the IOLoop as one message.
-        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop)
+        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop, self._writer_died)
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
@@ -159,6 +163,12 @@ class Calo:
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()
+
+    def _writer_died(self, reason: str) -> None:
+        """Nothing can be committed any more: say so, and let the process exit (systemd
+        restarts it; recovery takes well under a second)."""
+        log.critical("%s; every write fails, stopping so that the service restarts", reason)
+        self.on_fatal(reason)
 
     def _on_commit(self, events: list[Event]) -> None:
         """IOLoop thread, after each commit: tell the live feed, the exporter, the metrics."""

@@ -35,7 +35,7 @@ log = logging.getLogger("calo")
 
 
 class StartupError(Exception):
-    """The server cannot start; the message is one line for the operator."""
+    """The server cannot start, or cannot go on; the message is one line for the operator."""
 
 
 def _listen(server: SlowClientsCutOffServer, settings: Settings) -> int:
@@ -53,7 +53,13 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
-    calo = Calo(settings)
+    fatal: list[str] = []
+
+    def fail(reason: str) -> None:
+        fatal.append(reason)
+        stop_requested.set()
+
+    calo = Calo(settings, on_fatal=fail)
     if not settings.unsplash_access_key:
         log.warning("no Unsplash access key (CALO_UNSPLASH_ACCESS_KEY): jobs get bundled demo images")
     try:
@@ -81,6 +87,8 @@ async def serve(settings: Settings) -> None:
         server.stop()
         await calo.stop(settings.shutdown_grace)
         await server.close_all_connections()
+    if fatal:
+        raise StartupError(f"stopped because {fatal[0]}")  # exit code 1: systemd restarts it
     log.info("stopped")
 
 

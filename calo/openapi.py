@@ -94,7 +94,7 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {400: "bad parameter, body or header", 401: "the API token is required",
                404: "no such job", 409: "the job is not failed", 413: "body over 64 KiB",
-               503: "too many pending jobs; see Retry-After"}
+               503: "too many pending jobs, or storage unavailable; see Retry-After"}
     return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
 
 
@@ -144,7 +144,7 @@ PATHS = {
         "post": {
             "summary": "Put a failed job back to pending, due now",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(_ref("Job"), "the job, pending again"), **_errors(401, 404, 409, 413)},
+            "responses": {"200": _json(_ref("Job"), "the job, pending again"), **_errors(401, 404, 409, 413, 503)},
         },
     },
 }

@@ -16,9 +16,9 @@ import random
 
 from calo.jobs import Job, draw_delay, now_ms
 from calo.scheduler import Scheduler
-from calo.store import CreateResult, Event, NotRetryable, Reader, Writer
+from calo.store import CreateResult, Event, NotRetryable, Reader, StoreError, WriteRequests
 
-__all__ = ["JobService", "NotRetryable", "Overloaded"]
+__all__ = ["JobService", "NotRetryable", "Overloaded", "StoreError"]
 
 
 class Overloaded(Exception):
@@ -30,7 +30,7 @@ class JobService:
         self,
         *,
         reader: Reader,
-        writer: Writer,
+        writer: WriteRequests,
         scheduler: Scheduler,
         delays: tuple[float, float, float],
         max_pending: int,

@@ -46,15 +46,24 @@ log = logging.getLogger("calo")
 
 STOP_TIMEOUT_SECONDS = 30  # a commit takes milliseconds; this only bounds a wedged disk
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 class WriterProcess(WriteRequests):
     """The parent's side: the same requests as `Writer`, answered by asyncio futures."""
 
-    def __init__(self, path: str, on_commit: Callable[[list[Event]], None], loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        path: str,
+        on_commit: Callable[[list[Event]], None],
+        loop: asyncio.AbstractEventLoop,
+        on_death: Callable[[str], None] = lambda reason: None,
+    ):
         """`on_commit(events)` runs on the loop after each commit that appended events,
-        after that commit's futures were completed."""
+        after that commit's futures were completed. `on_death(reason)` runs on the loop
+        if the child dies while the server runs: from then on every write fails."""
         self._on_commit = on_commit
+        self._on_death = on_death
         self._loop = loop
         self._waiting: dict[int, asyncio.Future] = {}
         self._outbox: list[tuple[int, str, tuple]] = []
@@ -150,9 +159,9 @@ class WriterProcess(WriteRequests):
     def _child_died(self) -> None:
         self._loop.remove_reader(self._results.fileno())
         self._process.join(1)
-        self._failure = f"the writer process died (exit code {self._process.exitcode}); restart calo-server"
-        log.error("%s", self._failure)
+        self._failure = f"the writer process died (exit code {self._process.exitcode})"
         self._fail_waiting(self._failure)
+        self._on_death(self._failure)
 
     def _fail_waiting(self, reason: str) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -216,10 +225,12 @@ def _child_main(path: str, requests: Connection, results: Connection, parent_pid
 
 def _die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL this process when the server dies (even by SIGKILL), so a
-    restarted server never finds the old writer still committing."""
+    restarted server never finds the old writer still committing; and name it
+    `calo-writer` for ps and top."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_NAME, b"calo-writer")
     except (OSError, AttributeError):  # not Linux: the pipe's EOF still ends the child
         pass
     if os.getppid() != parent_pid:  # the parent died before the request took effect

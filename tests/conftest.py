@@ -161,6 +161,16 @@ class ServerProcess:
         with open(f"/proc/{self.pid}/status") as status:
             return int(next(line for line in status if line.startswith("Threads:")).split()[1])
 
+    def writer_pid(self) -> int:
+        """The server's SQLite writer process (its child named calo-writer)."""
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    with open(f"/proc/{child}/comm") as comm:
+                        if comm.read().strip() == "calo-writer":
+                            return int(child)
+        raise AssertionError("the server has no writer process")
+
 
 @pytest.fixture
 def server_process(fake_unsplash, data_dir) -> Iterator[Callable[..., ServerProcess]]:

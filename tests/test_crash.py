@@ -155,3 +155,33 @@ def test_slow_clients_are_cut_off_without_blocking_others(server_process):
             break
     assert b"job.created" in received
     live.close()
+
+
+# -- the writer process ------------------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie is gone too
+    except FileNotFoundError:
+        return True
+
+
+def test_the_writer_process_dies_with_a_killed_server(server_process):
+    server = server_process()
+    writer = server.writer_pid()
+    assert server.post("/jobs").status_code == 201
+    server.kill()
+    poll(lambda: _gone(writer), timeout=5)  # the kernel's PR_SET_PDEATHSIG, not a cleanup
+
+
+def test_a_dead_writer_process_fails_writes_and_stops_the_server_with_exit_code_1(server_process):
+    server = server_process()
+    assert server.post("/jobs").status_code == 201
+    os.kill(server.writer_pid(), signal.SIGKILL)
+    assert server.process.wait(15) == 1  # systemd's Restart=on-failure starts it again
+    server._drainer.join(5)
+    assert any("writer process died" in line and "level=critical" in line for line in server.lines)
+    assert any("stopped because the writer process died" in line for line in server.lines)
+    assert not any("Traceback" in line for line in server.lines)

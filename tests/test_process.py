@@ -53,7 +53,8 @@ def test_200_concurrent_jobs_all_resolve_with_threads_bounded(server_process, da
     ids = create_many(server, 200)
     peak.append(server.threads())
     poll(all_resolved, timeout=20)
-    # main + writer + exporter + the pool's 4: the count never grows with pending jobs.
+    # main + exporter + the pool's 4 (the writer is a process of its own): the count never
+    # grows with pending jobs.
     assert max(peak) <= 4 + 4, peak
     assert set(resolution_events(data_dir)) == set(ids)
     assert set(resolution_events(data_dir).values()) == {1}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+import signal
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -165,6 +167,24 @@ async def test_past_max_pending_post_answers_503_with_retry_after(http_server, h
     assert json.loads(refused.body)["error"]["code"] == "too_many_pending_jobs"
     repeated = await call(http_client, base_url + "/jobs", "POST", "", {"Idempotency-Key": "k1"})
     assert repeated.code == 200  # a retried press still gets its job
+
+
+@pytest.mark.gen_test
+@pytest.mark.calo_flags("--delay-min", "300", "--delay-max", "300")
+async def test_when_the_writer_process_is_gone_writes_answer_503_and_readyz_says_why(
+    http_server, http_client, base_url, calo
+):
+    fatal = []
+    calo.on_fatal = fatal.append
+    assert (await call(http_client, base_url + "/jobs", "POST", "")).code == 201
+    os.kill(calo.writer.pid, signal.SIGKILL)
+    await wait_until(lambda: fatal)  # the process is asked to stop (tests/test_crash.py)
+    refused = await call(http_client, base_url + "/jobs", "POST", "")
+    assert refused.code == 503 and int(refused.headers["Retry-After"]) > 0
+    assert json.loads(refused.body)["error"]["code"] == "storage_unavailable"
+    ready = await call(http_client, base_url + "/readyz", "GET")
+    assert ready.code == 503
+    assert "writer process died" in json.loads(ready.body)["checks"]["database"]["error"]
 
 
 @pytest.mark.gen_test

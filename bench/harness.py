@@ -189,8 +189,8 @@ def start_baseline(page_size: int) -> tuple[Proc, str]:
 
 
 def process_tree(pid: int) -> list[int]:
-    """The process and all its descendants (Calo Jobs runs its SQLite writer in a child,
-    and multiprocessing adds a resource tracker): every figure counts them all."""
+    """The process and all its descendants (Calo Jobs runs its SQLite writer in a child
+    process): every figure counts them all."""
     tree, index = [pid], 0
     while index < len(tree):
         with contextlib.suppress(OSError):

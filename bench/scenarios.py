@@ -29,8 +29,8 @@ from calo.jobs import now_ms, parse_iso_utc
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300")  # nothing resolves during a run
 WORKERS = 8
 # Threads besides the pool, in all of the server's processes: the IOLoop, the exporter, the
-# writer process's reader and writer threads, multiprocessing's resource tracker.
-OTHER_THREADS = 5
+# writer process's reader and writer threads.
+OTHER_THREADS = 4
 FETCH_SECONDS = 0.02  # the fake Unsplash answers in 20 ms
 STALL_TARGET_MS = 50
 
@@ -361,8 +361,7 @@ def memory(ctx: Context) -> list[Result]:
         figure=f"VmRSS {rss:.0f} MB, VmHWM {hwm:.0f} MB", target="≤ 200 MB", passed=hwm <= 200,
         stall=stall_text(probes),
         details=[
-            "the server's processes summed (the server, its SQLite writer process, multiprocessing's "
-            "resource tracker); "
+            "the server's two processes summed (the server and its SQLite writer process); "
             f"jobs pending, due in a month (made by bench/make_db.py); sampled every 0.2 s for "
             f"{s.memory_seconds:g} s after ready (the start-up JSON export included); "
             f"per run VmHWM: {each('{:.0f} MB', [w for _, w in samples])}",

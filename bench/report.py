@@ -2,7 +2,8 @@
 
 Owns the layout of the report: the machine's description, the results table (figure,
 baseline, ratio, target, pass or MISS, worst IOLoop stall), each scenario's details, and
-for each miss its profile (from py-spy) and the written analysis in bench/findings.md.
+for each miss its profile (from py-spy) and the written analysis in bench/findings.md, and
+what each change bought (bench/changes.md, kept by hand).
 
 Must never: measure anything; it only formats `Result`s.
 """
@@ -77,8 +78,12 @@ def document(results: Sequence[Result], machine: dict[str, str], command: str, s
     lines += ["", "## Results", "", table(results), "",
               "The stall column is the worst extra answer time of `GET /jobs/<missing>` sent every "
               "10 ms by `bench/probe.py` during the scenario (n/a where wrk saturates the server: "
-              "there the p99 latency is the figure). Its target, 50 ms, is scenario 7's.", "",
-              "## Details", ""]
+              "there the p99 latency is the figure). Its target, 50 ms, is scenario 7's.", ""]
+    changes = os.path.join(BENCH, "changes.md")
+    if os.path.exists(changes):  # kept by hand: the figures each change moved
+        with open(changes, encoding="utf-8") as file:
+            lines += ["## What each change bought", "", file.read().strip(), ""]
+    lines += ["## Details", ""]
     for r in results:
         lines += _details(r)
     return "\n".join(lines).rstrip() + "\n"

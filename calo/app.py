@@ -1,14 +1,15 @@
 """Wiring, in one place: the route table, and the parts built from `Settings`.
 
 Owns which part talks to which, and the order they start and stop in:
-start: database (lock, migrate) -> writer thread -> IOLoop reader -> scheduler (recovery)
+start: database (lock, migrate) -> writer process -> IOLoop reader -> scheduler (recovery)
 -> JSON exporter -> upkeep -> health checks and metrics; stop: /readyz says 503 -> upkeep
 -> scheduler (grace for in-flight fetches) -> writer (commits what is queued) -> exporter
 (final flush) -> reader -> database lock.
 
-Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread. The one place work
-crosses from another thread to the IOLoop is `_on_commit` (writer thread), which hands
-the events over with `IOLoop.add_callback`.
+Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_commit`
+and `_writer_died`: the writer process's results arrive on the IOLoop (a reader callback
+on its pipe). Other threads (the pool, the exporter) cross only through
+`run_in_executor` futures and the exporter's thread-safe `mark_changed`.
 Must never: hold logic of its own beyond building and connecting the parts.
 """
 

@@ -6,7 +6,7 @@ Owns the checks and their two endpoints (JSON, `Cache-Control: no-store`):
 - GET /readyz -> 200 when every required check passes, else 503, with
   {"ready": bool, "checks": {"database": {"ok", ...}, "recovery": {"ok", ...},
    "scheduler": {"ok", "next_due_at", "oldest_overdue", ...}, "upstream": {"state", ...}}}.
-  Required: the database takes a write (an empty transaction through the writer thread,
+  Required: the database takes a write (an empty transaction through the writer process,
   within `WRITE_CHECK_SECONDS`), start-up recovery has run, the scheduler keeps up, and
   the server is not shutting down.
 

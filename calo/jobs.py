@@ -94,7 +94,8 @@ def draw_delay(minimum: float, maximum: float, step: float, rng: random.Random) 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What one upstream attempt did to one pending job: plain data, made on the IOLoop
-    thread and applied by the store's writer thread to the job as it is in the database."""
+    thread and applied by the store's writer (in its own process) to the job as it is in
+    the database."""
 
     job_id: str
     at: int

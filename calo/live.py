@@ -13,8 +13,8 @@ published, so its next read of the log finds them); the last read and the switch
 live happen in one IOLoop callback, and from then on only events with a seq above the
 socket's cursor are sent.
 
-Threads: IOLoop thread only. The writer thread reaches `Hub.publish` only through
-`IOLoop.add_callback`. Reads of the event log go through the JobService's reader.
+Threads: IOLoop thread only. Committed events reach `Hub.publish` on the IOLoop (the app's
+`_on_commit`). Reads of the event log go through the JobService's reader.
 Must never: let one slow client slow the others or grow memory without bound (past
 `MAX_BUFFERED_BYTES` unsent, the client is cut off and will reconnect and replay).
 """

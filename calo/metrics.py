@@ -14,7 +14,7 @@ IOLoop lag is measured by a timer that records how late it fires (`LoopLag`).
 One `CollectorRegistry` per `Calo`, never prometheus_client's global one: the tests run
 many servers in one process, and the global registry refuses a metric name twice.
 
-Threads: `observe_committed` runs on the writer thread and `MeteredSource.fetch` on the
+Threads: `observe_committed` runs on the IOLoop thread and `MeteredSource.fetch` on the
 worker pool; they touch only prometheus_client's metrics (which lock) and a counter under
 a lock. `LiveCollector.collect` runs on the IOLoop thread (inside the /metrics handler).
 Must never: block the IOLoop, export a secret, or use the global default registry.

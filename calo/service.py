@@ -4,7 +4,7 @@ Owns creating a job (draw its delay, commit it, schedule it) and the read querie
 handlers and the WebSocket need. Handlers call this, never the store or the scheduler.
 
 Threads: IOLoop thread only. Reads use the IOLoop's own read connection (indexed, bounded
-queries on a local file: no network, no fsync); writes go to the writer thread and are
+queries on a local file: no network, no fsync); writes go to the writer process and are
 awaited, so the IOLoop never waits on a commit.
 
 Must never: format HTTP responses or know about request handlers.

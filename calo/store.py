@@ -1,4 +1,4 @@
-"""The SQLite store: the schema and its migrations, reads, and the one writer thread.
+"""The SQLite store: the schema and its migrations, reads, and the one group-committing writer.
 
 Owns every SQL statement in Calo Jobs and the files `calo.db` (plus its WAL) and
 `calo.lock` in the data dir. Jobs are kept as their public JSON document (`jobs.doc`)
@@ -10,15 +10,13 @@ Threads:
 - `Reader` wraps one read-only connection and must be used on the thread that made it
   (the IOLoop thread has one, the JSON exporter has its own). In WAL mode a reader never
   waits for the writer; reads are indexed and bounded by a LIMIT.
-- `Writer` owns the only write connection on its own thread. Callers submit operations
-  and get a future; operations that arrive together are committed in one transaction
-  (group commit, `synchronous=FULL`). After each commit the events it appended go to the
-  `on_commit` callable. Given an asyncio loop (the server's), the writer is used from that
-  loop's thread only: its futures are asyncio futures, and each group's results and
-  events reach the loop in one `call_soon_threadsafe`. Without one (scripts, tests), its
-  futures are `concurrent.futures.Future`s completed on the writer thread, where
-  `on_commit` runs too. A WAL checkpoint runs on the writer thread, between two groups,
-  outside any transaction.
+- `Writer` owns the only write connection on its own thread. Callers (any thread) submit
+  operations and get a `concurrent.futures.Future`; operations that arrive together are
+  committed in one transaction (group commit, `synchronous=FULL`). After each commit its
+  futures are completed and the events it appended go to `on_commit`, on the writer
+  thread; `_hand_over` is where the server's writer process sends them to the server
+  instead (calo/writer_process.py). A WAL checkpoint runs on the writer thread, between
+  two groups, outside any transaction.
 
 Must never: import Tornado, block its caller on a commit, or let one failing operation
 undo the others of its group.
@@ -236,10 +234,8 @@ class Database:
         """A new Reader, to be used only on the calling thread."""
         return Reader(self.path)
 
-    def writer(
-        self, on_commit: Callable[[list[Event]], None], loop: asyncio.AbstractEventLoop | None = None
-    ) -> Writer:
-        return Writer(self.path, on_commit, loop)
+    def writer(self, on_commit: Callable[[list[Event]], None]) -> Writer:
+        return Writer(self.path, on_commit)
 
     def close(self) -> None:
         """Release the data-dir lock (close readers and stop the writer first)."""
@@ -500,18 +496,8 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
 _STOP = object()
 
 
-def _claim(future: AnyFuture) -> bool:
-    """False if the caller cancelled the operation (skip it). A claimed concurrent future
-    can no longer be cancelled; an asyncio one still can, so `_set_results` checks again."""
-    if isinstance(future, concurrent.futures.Future):
-        return future.set_running_or_notify_cancel()
-    return not future.cancelled()
-
-
 def _set_results(completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
     for op, result, error in completions:
-        if op.future.cancelled():
-            continue  # only an asyncio future, cancelled while its group was committed
         if error is None:
             op.future.set_result(result)
         else:
@@ -582,18 +568,11 @@ _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
 class Writer(WriteRequests):
     """The one write connection, on its own thread, committing in groups."""
 
-    def __init__(
-        self, path: str, on_commit: Callable[[list[Event]], None], loop: asyncio.AbstractEventLoop | None = None
-    ):
-        """`on_commit(events)` is called after each commit that appended events. With
-        `loop`, every method must be called on that loop's thread and returns an asyncio
-        future; a group's futures are completed, then `on_commit` called, on the loop, in
-        one hand-off (one wake-up of the loop per group, not one per operation, and no
-        thread-safe future per operation). Without it, methods may be called from any
-        thread and return concurrent futures, completed on the writer thread."""
+    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
+        """`on_commit(events)` is called on the writer thread after each commit that
+        appended events, once that commit's futures are completed."""
         self._path = path
         self._on_commit = on_commit
-        self._loop = loop
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._ready = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
@@ -611,7 +590,7 @@ class Writer(WriteRequests):
     def _request(self, name: str, args: tuple, tag: object = None) -> AnyFuture:
         """Queue the operation `name` (see `_OPERATIONS`). `tag` names it in `_hand_over`."""
         fn, bare, new_job = _OPERATIONS[name](*args)
-        future = concurrent.futures.Future() if self._loop is None else self._loop.create_future()
+        future: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put(_Op(fn, future, bare, new_job, tag))
         return future
 
@@ -642,7 +621,7 @@ class Writer(WriteRequests):
             group = [op for op in group if op is not _STOP]
         # An operation whose caller cancelled it is skipped; the rest can no longer be
         # cancelled, so setting their results cannot fail and kill this thread.
-        group = [op for op in group if _claim(op.future)]
+        group = [op for op in group if op.future.set_running_or_notify_cancel()]
         bare = [op for op in group if op.bare]
         group = [op for op in group if not op.bare]
         if group:
@@ -658,16 +637,7 @@ class Writer(WriteRequests):
             self._hand_over([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))], [])
 
     def _hand_over(self, completions: list[tuple[_Op, Any, BaseException | None]], events: list[Event]) -> None:
-        """Writer thread: complete the futures, then report the events, on the callers' side."""
-        if self._loop is None:
-            self._settle(completions, events)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._settle, completions, events)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
-
-    def _settle(self, completions: list[tuple[_Op, Any, BaseException | None]], events: list[Event]) -> None:
+        """Writer thread, after a commit: complete its futures, then report its events."""
         _set_results(completions)
         if events:
             self._on_commit(events)

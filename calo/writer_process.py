@@ -46,7 +46,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from calo.store import Event, StoreError, Writer, WriteRequests
+from calo.store import Event, NotRetryable, StoreError, Writer, WriteRequests
 
 STOP_TIMEOUT_SECONDS = 30  # a commit takes milliseconds; this only bounds a wedged disk
 PR_SET_PDEATHSIG = 1
@@ -163,6 +163,8 @@ class WriterProcess(WriteRequests):
         return True
 
     def _child_died(self) -> None:
+        if self._failure is not None:
+            return  # both the pipe and the reader noticed
         self._loop.remove_reader(self._results.fileno())
         try:
             code = self._process.wait(1)
@@ -201,11 +203,20 @@ class _ChildWriter(Writer):
         self._results = results
 
     def _hand_over(self, completions: list, events: list[Event]) -> None:
-        outcomes = [(op.tag, result, error) for op, result, error in completions]
+        outcomes = [(op.tag, result, _portable(error)) for op, result, error in completions]
         try:
             self._results.send_bytes(_encode(("group", outcomes, events)))
         except OSError:
             pass  # the parent is gone; the kernel ends this process too
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    """An error the parent can unpickle and the API knows: the store's own are kept,
+    anything else becomes a StoreError that names it (an exception whose constructor
+    does not take its own args back would otherwise fail in the parent's reader)."""
+    if error is None or type(error) in (NotRetryable, StoreError):
+        return error
+    return StoreError(f"write failed: {error!r}")
 
 
 def _child_main(path: str, requests: Connection, results: Connection, parent_pid: int) -> None:

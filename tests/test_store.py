@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sqlite3
 import threading
 
 import pytest
 
 from calo.jobs import Job, Outcome, now_ms
-from calo.store import DB_FILE, MIGRATIONS, Database, StoreError
+from calo.store import DB_FILE, MIGRATIONS, Database, NotRetryable, StoreError
+from calo.writer_process import _portable
 
 
 @pytest.fixture
@@ -125,3 +127,26 @@ def test_the_data_dir_is_locked_while_open(tmp_path, database):
     database.close()
     Database(str(tmp_path)).close()
     assert os.path.exists(tmp_path / "calo.lock")
+
+
+def test_errors_cross_from_the_writer_process_as_the_store_s_own():
+    refused = pickle.loads(pickle.dumps(_portable(NotRetryable("resolved"))))
+    assert isinstance(refused, NotRetryable) and refused.status == "resolved"
+    other = pickle.loads(pickle.dumps(_portable(sqlite3.IntegrityError("UNIQUE constraint failed: jobs.id"))))
+    assert isinstance(other, StoreError) and "IntegrityError" in str(other)
+    assert _portable(None) is None
+
+
+def test_creates_committed_together_get_their_own_events_in_order(committed, database):
+    writer, events = committed
+    writer.ping().result(5)
+    jobs = [Job.new(300, now_ms()) for _ in range(60)]
+    futures = [writer.create_job(job, "key-7" if n == 7 else None) for n, job in enumerate(jobs)]
+    assert [future.result(5).job_id for future in futures] == [job.id for job in jobs]
+    created = [event for event in events if event.type == "job.created"]
+    assert sorted(event.job_id for event in created) == sorted(job.id for job in jobs)
+    with sqlite3.connect(database.path) as conn:
+        stored = dict(conn.execute("SELECT seq, job_id FROM events"))
+        docs = dict(conn.execute("SELECT id, doc FROM jobs"))
+    assert {event.seq: event.job_id for event in created} == stored  # each seq names its own job
+    assert all(docs[event.job_id] == event.job_json for event in created)

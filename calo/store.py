@@ -336,7 +336,7 @@ AnyFuture = asyncio.Future | concurrent.futures.Future
 @dataclasses.dataclass
 class _Op:
     fn: WriteFn
-    future: AnyFuture
+    future: concurrent.futures.Future
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
     new_job: Job | None = None  # a create without a key: the group inserts these together
     tag: object = None  # what `_hand_over` calls it (the writer process's request number)
@@ -371,8 +371,8 @@ def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
 
 
 # A group's new jobs and their events, each inserted by one statement from one JSON array
-# of [id, status, due_at, doc]: the statement runs in one step, so the writer takes the
-# GIL back once per group instead of twice per job (each handover stalls the IOLoop).
+# of [id, status, due_at, doc]: two statements (two trips between Python and SQLite) per
+# group instead of two per job.
 _INSERT_NEW_JOBS = (
     "INSERT INTO jobs (id, status, due_at, doc) SELECT json_extract(value, '$[0]'),"
     " json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]')"

@@ -204,7 +204,8 @@ def process_tree(pid: int) -> list[int]:
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (kB) and Threads of a live process and its descendants, summed,
     from /proc/PID/status (a descendant that just exited is left out)."""
-    wanted, values = ("VmRSS", "VmHWM", "Threads"), dict.fromkeys(("VmRSS", "VmHWM", "Threads"), 0)
+    wanted = ("VmRSS", "VmHWM", "Threads")
+    values = dict.fromkeys(wanted, 0)
     for member in process_tree(pid):
         try:
             with open(f"/proc/{member}/status", encoding="ascii") as status:

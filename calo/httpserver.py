@@ -49,9 +49,6 @@ class SlowClientsCutOffServer(HTTPServer):
         self._sweep.stop()
         super().stop()
 
-    def waiting_connections(self) -> int:
-        return len(self._waiting)
-
     def _cut_off_slow_clients(self) -> None:
         now = time.monotonic()
         late = [conn for conn, deadline in self._waiting.items() if deadline <= now]
@@ -62,8 +59,6 @@ class SlowClientsCutOffServer(HTTPServer):
 
 class _RequestArrives(tornado.httputil.HTTPMessageDelegate):
     """Passes everything on to Tornado's delegate; the request's last byte ends the wait."""
-
-    __slots__ = ("_delegate", "_waiting", "_conn")
 
     def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, waiting: dict, conn: object):
         self._delegate = delegate

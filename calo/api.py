@@ -32,7 +32,7 @@ import tornado.web
 from calo.access import AccessPolicy
 from calo.jobs import STATUSES
 from calo.requestlog import LoggedByAccessLine
-from calo.service import JobService, NotRetryable, Overloaded, StoreError
+from calo.service import CommitUnknown, JobService, NotRetryable, Overloaded, StoreError, WriterBusy
 
 JSON_TYPE = "application/json; charset=utf-8"
 MAX_BODY_BYTES = 64 * 1024
@@ -126,10 +126,18 @@ class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
 
 
 def storage_unavailable(exc: StoreError) -> ApiError:
-    """Nothing was committed (the disk or the writer failed): the client may try again,
-    with the same Idempotency-Key, once the service is back."""
-    return ApiError(503, "storage_unavailable", f"the job could not be stored: {exc}",
-                    {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+    """A write that failed, as a 503 with Retry-After whose code says what is known:
+    `commit_unknown`: it reached the writer, whose answer never came (the writer died,
+    or did not answer within --write-timeout): it may be stored, so retry with the same
+    Idempotency-Key; `storage_busy`: too many writes wait already, nothing was stored;
+    `storage_unavailable`: nothing was stored (the disk or the writer failed)."""
+    headers = {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}
+    if isinstance(exc, CommitUnknown):
+        return ApiError(503, "commit_unknown", f"it is not known whether this was stored ({exc}); "
+                        "retry with the same Idempotency-Key", headers)
+    if isinstance(exc, WriterBusy):
+        return ApiError(503, "storage_busy", f"not stored: {exc}", headers)
+    return ApiError(503, "storage_unavailable", f"not stored: {exc}", headers)
 
 
 class NotFoundHandler(ApiHandler):

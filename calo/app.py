@@ -2,9 +2,15 @@
 
 Owns which part talks to which, and the order they start and stop in:
 start: database (lock, migrate) -> writer process -> IOLoop reader -> scheduler (recovery)
--> JSON exporter -> upkeep -> health checks and metrics; stop: /readyz says 503 -> upkeep
--> scheduler (grace for in-flight fetches) -> writer (commits what is queued) -> exporter
-(final flush) -> reader -> database lock.
+-> JSON exporter -> upkeep -> health checks, metrics and the supervisor; stop (within one
+grace period): /readyz says 503 -> upkeep, supervisor -> scheduler (grace for in-flight
+fetches) -> requests already read are answered (`answer_requests`) -> writer (commits
+what was sent, checkpoints the WAL; killed at the end of the grace) -> exporter (final
+flush) -> reader -> database lock.
+
+A job is scheduled when its commit's events arrive (`_on_commit`), not when its request
+is answered: a create whose answer timed out (`commit_unknown`) but that committed later
+still runs.
 
 Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_commit`
 and `_writer_died`: the writer process's results arrive on the IOLoop (a reader callback
@@ -19,7 +25,8 @@ import concurrent.futures
 import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import tornado.web
 from tornado.ioloop import IOLoop
@@ -37,6 +44,7 @@ from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.store import Database, Event
+from calo.supervisor import Supervisor
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
@@ -46,6 +54,7 @@ log = logging.getLogger("calo")
 
 WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
 SHUTDOWN_GRACE_SECONDS = 10
+WRITER_STOP_SECONDS = 2.0  # the least the writer gets to commit what was sent, at stop
 
 
 def find_web_root() -> str:
@@ -121,7 +130,8 @@ class Calo:
         self.exporter = JsonExporter(self.database)
         # The writer runs in its own process; each group's results and events come back
         # to the IOLoop as one message.
-        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop, self._writer_died)
+        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop, self._writer_died,
+                                    write_timeout=settings.write_timeout)
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
@@ -164,6 +174,9 @@ class Calo:
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()
+        self.supervisor = Supervisor(
+            {"the writer process": self.writer.alive, "the JSON export thread": self.exporter.alive}, self.on_fatal)
+        self.supervisor.start()
 
     def _writer_died(self, reason: str) -> None:
         """Nothing can be committed any more: say so, and let the process exit (systemd
@@ -172,23 +185,39 @@ class Calo:
         self.on_fatal(reason)
 
     def _on_commit(self, events: list[Event]) -> None:
-        """IOLoop thread, after each commit: tell the live feed, the exporter, the metrics."""
+        """IOLoop thread, after each commit: schedule the jobs it made pending, tell the
+        live feed, the exporter, the metrics."""
+        for event in events:
+            if event.due_at is not None:
+                self.scheduler.add(event.job_id, event.due_at)
         self.hub.publish(events)
         self.exporter.mark_changed()
         self.metrics.observe_committed(events)
 
-    async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Finish in-flight fetches (up to the grace period), commit, flush, close."""
+    async def stop(
+        self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+        answer_requests: Callable[[float], Awaitable[object]] | None = None,
+    ) -> bool:
+        """Finish in-flight fetches; await `answer_requests(seconds left)` (the server
+        answers the requests it has read, while the writer still takes their writes);
+        commit what was sent, within the grace period (the writer gets at least
+        WRITER_STOP_SECONDS, then is killed); flush and close. True if the writer
+        stopped by itself. Idempotent."""
         if self.database is None:
-            return
+            return True
+        deadline = time.monotonic() + grace_seconds
         self.health.shutting_down = True  # /readyz answers 503 from now on
         self.loop_lag.stop()
         self.upkeep.stop()
+        self.supervisor.stop()
         await self.scheduler.stop(grace_seconds)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.writer.stop()
+        if answer_requests is not None:  # each ends within --write-timeout, even with a stopped writer
+            await answer_requests(max(0.0, deadline - time.monotonic()))
+        clean = await self.writer.stop(max(WRITER_STOP_SECONDS, deadline - time.monotonic()))
         self.hub.close_all()
         self.exporter.stop()
         self.reader.close()
         self.database.close()
         self.database = None
+        return clean

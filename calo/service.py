@@ -16,9 +16,9 @@ import random
 
 from calo.jobs import Job, draw_delay, now_ms
 from calo.scheduler import Scheduler
-from calo.store import CreateResult, Event, NotRetryable, Reader, StoreError, WriteRequests
+from calo.store import CommitUnknown, CreateResult, Event, NotRetryable, Reader, StoreError, WriteRequests, WriterBusy
 
-__all__ = ["JobService", "NotRetryable", "Overloaded", "StoreError"]
+__all__ = ["CommitUnknown", "JobService", "NotRetryable", "Overloaded", "StoreError", "WriterBusy"]
 
 
 class Overloaded(Exception):
@@ -42,31 +42,32 @@ class JobService:
         self._scheduler = scheduler
         self._delays = delays
         self._rng = rng or random.Random()
+        self._creating = 0  # creates sent to the writer and not yet answered
 
     async def create_job(self, idempotency_key: str | None) -> CreateResult:
-        """Commit a new pending job durably, then schedule it. With a key used before,
-        return that job instead and create nothing. Raises Overloaded when too many jobs
-        are pending (a repeated key still gets its job: that creates nothing)."""
-        if self._scheduler.pending_count() >= self._max_pending:
+        """Commit a new pending job durably (the scheduler learns of it from the commit).
+        With a key used before, return that job instead and create nothing. Raises
+        Overloaded when `max_pending` jobs are pending, counting creates still on their
+        way to the writer (a repeated key still gets its job: that creates nothing);
+        StoreError (and its CommitUnknown, WriterBusy) when the write failed."""
+        if self._scheduler.pending_count() + self._creating >= self._max_pending:
             earlier = self._reader.job_by_idempotency_key(idempotency_key) if idempotency_key else None
             if earlier is not None:
                 return CreateResult(*earlier, created=False)
             raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())
-        result = await self._writer.create_job(job, idempotency_key)
-        if result.created:
-            self._scheduler.add(job.id, job.due_at)
-        return result
+        self._creating += 1
+        try:
+            return await self._writer.create_job(job, idempotency_key)
+        finally:
+            self._creating -= 1
 
     async def retry_job(self, job_id: str) -> str | None:
-        """Put a failed job back to pending, due now; its new document, or None if there
-        is no such job. Raises NotRetryable if it is not failed."""
-        job_json = await self._writer.retry_job(job_id, now_ms())
-        if job_json is not None:
-            job = Job.from_json(job_json)
-            self._scheduler.add(job.id, job.due_at)
-        return job_json
+        """Put a failed job back to pending, due now (the scheduler learns of it from the
+        commit); its new document, or None if there is no such job. Raises NotRetryable
+        if it is not failed, StoreError if the write failed."""
+        return await self._writer.retry_job(job_id, now_ms())
 
     def job_json(self, job_id: str) -> str | None:
         return self._reader.job(job_id)

@@ -10,21 +10,22 @@ Threads:
 - `Reader` wraps one read-only connection and must be used on the thread that made it
   (the IOLoop thread has one, the JSON exporter has its own). In WAL mode a reader never
   waits for the writer; reads are indexed and bounded by a LIMIT.
-- `Writer` owns the only write connection on its own thread. Callers (any thread) submit
-  operations and get a `concurrent.futures.Future`; operations that arrive together are
-  committed in one transaction (group commit, `synchronous=FULL`). After each commit its
-  futures are completed and the events it appended go to `on_commit`, on the writer
-  thread; `_hand_over` is where the server's writer process sends them to the server
-  instead (calo/writer_process.py). A WAL checkpoint runs on the writer thread, between
-  two groups, outside any transaction.
+- `Writer` owns the only write connection on its own thread: the one write path. Callers
+  (any thread) submit tagged operations; operations that arrive together are committed
+  in one transaction (group commit, `synchronous=FULL`), and each group's (tag, result,
+  error) triples and events go to one `on_group` callback on the writer thread. The
+  server runs it in a process of its own (calo/writer_process.py, answering with asyncio
+  futures); `LocalWriter` runs it in this process with concurrent futures, for tools and
+  tests. A WAL checkpoint runs on the writer thread, between two groups, outside any
+  transaction, and once more at stop.
 
-Must never: import Tornado, block its caller on a commit, or let one failing operation
-undo the others of its group.
+Must never: import Tornado, block its caller on a commit, let one failing operation
+undo the others of its group, or go on writing to a database file that is no longer
+the one at its path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import fcntl
@@ -33,6 +34,7 @@ import json
 import os
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -42,8 +44,11 @@ from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETR
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
 BUSY_TIMEOUT_MS = 5000
+PRIVATE_DIR = 0o700  # jobs, their photos and idempotency keys are nobody else's business
+PRIVATE_FILE = 0o600
 EXPORT_CHUNK = 2000  # job documents per read of the JSON export
 MAX_GROUP = 512  # operations committed together at most; bounds one transaction's time
+IDLE_CHECK_SECONDS = 1.0  # how often an idle writer checks that its database file is still there
 CHECKPOINT_BUSY_MS = 200  # a checkpoint waits this long for readers, then leaves the rest for next time
 
 # Each migration (a tuple of statements) runs in the same transaction as the
@@ -86,11 +91,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
         END""",
     ),
+    (
+        # One row the health check rewrites: /readyz proves a real write reaches the disk
+        # (an empty transaction writes nothing, so it passes on a full disk).
+        "CREATE TABLE write_checks (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+    ),
 )
 
 
 class StoreError(Exception):
-    """The database cannot be opened or used; the message is one line for the operator."""
+    """The database cannot be opened or used; the message is one line for the operator.
+    Raised by a write, it means that write was certainly not stored."""
+
+
+class CommitUnknown(StoreError):
+    """The write reached the writer but its answer did not come back (the writer died,
+    stopped, or took longer than the time limit): it may or may not be stored. Retrying
+    with the same Idempotency-Key is safe."""
+
+
+class WriterBusy(StoreError):
+    """Too many writes are already waiting for the writer; this one was not stored."""
 
 
 class Event(NamedTuple):
@@ -99,6 +120,7 @@ class Event(NamedTuple):
     job_id: str
     job_json: str
     lateness_ms: int | None = None  # resolved_at - due_at, on a fresh resolution (for metrics)
+    due_at: int | None = None  # when a job created or put back to pending is due (for the scheduler)
 
 
 class NotRetryable(Exception):
@@ -157,8 +179,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _lock_data_dir(data_dir: str) -> int:
     """Hold an exclusive lock on the data dir for as long as the descriptor is open, so
     two servers never run the same jobs. Returns the lock file descriptor."""
-    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # whatever the umask, or an older server, left
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
@@ -168,16 +191,31 @@ def _lock_data_dir(data_dir: str) -> int:
 
 def _prepare_data_dir(data_dir: str) -> None:
     try:
-        os.makedirs(data_dir, exist_ok=True)
+        os.makedirs(data_dir, PRIVATE_DIR, exist_ok=True)
+        info = os.stat(data_dir)
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            # makedirs' mode is filtered by the umask, and a checked-out ./data is 0755:
+            # the data dir holds only this server's files, so it is made private.
+            os.chmod(data_dir, PRIVATE_DIR)
     except OSError as exc:
         raise StoreError(f"data dir {data_dir} cannot be created: {exc.strerror}") from None
     if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
         raise StoreError(f"data dir {data_dir} is not writable by this user")
 
 
+def _make_private(path: str) -> None:
+    """Create `path` if missing, and make it and its WAL and shared-memory files readable
+    by this user only: SQLite gives a new -wal or -shm file the mode of the database."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            os.chmod(name, PRIVATE_FILE)
+        except FileNotFoundError:
+            pass
+
+
 def _create_or_upgrade(path: str) -> None:
-    if not os.path.exists(path):
-        sqlite3.connect(path).close()
+    _make_private(path)
     conn = _connect(path, readonly=False)
     try:
         _check_not_newer(_schema_version(conn))  # before anything writes to the file
@@ -234,8 +272,10 @@ class Database:
         """A new Reader, to be used only on the calling thread."""
         return Reader(self.path)
 
-    def writer(self, on_commit: Callable[[list[Event]], None]) -> Writer:
-        return Writer(self.path, on_commit)
+    def writer(self, on_commit: Callable[[list[Event]], None]) -> LocalWriter:
+        """A writer thread in this process (for tools and tests); the server runs its
+        writer in a process of its own (calo.writer_process)."""
+        return LocalWriter(self.path, on_commit)
 
     def close(self) -> None:
         """Release the data-dir lock (close readers and stop the writer first)."""
@@ -330,16 +370,17 @@ class Reader:
 WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
 
 
-AnyFuture = asyncio.Future | concurrent.futures.Future
-
-
 @dataclasses.dataclass
 class _Op:
+    """One requested write, as the writer thread runs it."""
+
+    tag: object  # how the caller knows it: its future, or the writer process's request number
     fn: WriteFn
-    future: concurrent.futures.Future
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
     new_job: Job | None = None  # a create without a key: the group inserts these together
-    tag: object = None  # what `_hand_over` calls it (the writer process's request number)
+
+
+Completion = tuple[object, Any, BaseException | None]  # (tag, result, error) of one _Op
 
 
 def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job, job_json: str) -> None:
@@ -348,7 +389,8 @@ def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job:
         (kind, job.id, now_ms(), job_json),
     )
     lateness = job.resolved_at - job.due_at if kind == EVENT_FOR_STATUS[RESOLVED] else None
-    events.append(Event(cursor.lastrowid, kind, job.id, job_json, lateness))
+    due_at = job.due_at if job.status == PENDING and kind in (CREATED, RETRIED) else None
+    events.append(Event(cursor.lastrowid, kind, job.id, job_json, lateness, due_at))
 
 
 def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
@@ -391,7 +433,10 @@ def _insert_new_jobs(conn: sqlite3.Connection, events: list[Event], jobs: list[J
     # One statement under the write lock: the events' seqs are consecutive, ending at lastrowid.
     last_seq = conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)).lastrowid
     first_seq = last_seq - len(created) + 1
-    events.extend(Event(first_seq + n, CREATED, new.job_id, new.job_json) for n, new in enumerate(created))
+    events.extend(
+        Event(first_seq + n, CREATED, new.job_id, new.job_json, due_at=job.due_at)
+        for n, (job, new) in enumerate(zip(jobs, created, strict=True))
+    )
     return created
 
 
@@ -443,10 +488,6 @@ def _prune_events(older_than_ms: int) -> WriteFn:
     return write
 
 
-def _nothing(conn: sqlite3.Connection, events: list[Event]) -> None:
-    """A write that changes nothing: proves the writer takes the write lock and commits."""
-
-
 class DeletedBatch(NamedTuple):
     deleted: int
     last_num: int  # where the next batch starts (exclusive)
@@ -493,62 +534,59 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
-_STOP = object()
-
-
-def _set_results(completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
-    for op, result, error in completions:
-        if error is None:
-            op.future.set_result(result)
-        else:
-            op.future.set_exception(error)
-
-
 class _OperationFailed(Exception):
     """An operation of a group raised; the group is run again, each in a savepoint."""
 
 
 class WriteRequests:
     """The writes the rest of Calo Jobs may ask for, each answered by a future. Every
-    method returns at once; `_request` (the writer thread's queue, or the pipe to the
-    writer process) decides which thread it may be called on."""
+    method returns at once; `_request` (the pipe to the writer process, or the local
+    writer thread's queue) decides which thread it may be called on."""
 
-    def _request(self, name: str, args: tuple) -> AnyFuture:
+    def _request(self, name: str, args: tuple) -> Any:
         raise NotImplementedError
 
-    def create_job(self, job: Job, idempotency_key: str | None = None) -> AnyFuture:
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> Any:
         """Future of a CreateResult."""
         return self._request("create_job", (job, idempotency_key))
 
-    def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
+    def apply_outcomes(self, outcomes: list[Outcome]) -> Any:
         """Future of each job's new status (None where it was not pending), in order:
         one operation (and one wake-up of the caller) for a whole batch of photos."""
         return self._request("apply_outcomes", (outcomes,))
 
-    def apply_outcome(self, outcome: Outcome) -> AnyFuture:
+    def apply_outcome(self, outcome: Outcome) -> Any:
         """Future of the job's new status, or None if it was not pending."""
         return self._request("apply_outcome", (outcome,))
 
-    def retry_job(self, job_id: str, at: int) -> AnyFuture:
+    def retry_job(self, job_id: str, at: int) -> Any:
         """Future of the job's new document (pending, due at `at`), None if there is no
         such job; raises NotRetryable unless it is failed."""
         return self._request("retry_job", (job_id, at))
 
-    def prune_events(self, older_than_ms: int) -> AnyFuture:
+    def prune_events(self, older_than_ms: int) -> Any:
         return self._request("prune_events", (older_than_ms,))
 
-    def ping(self) -> AnyFuture:
-        """Future of None once an empty write transaction has committed (health check)."""
-        return self._request("ping", ())
+    def ping(self) -> Any:
+        """Future of None once a real write (one row of `write_checks`) has committed:
+        the health check, so that a full disk shows as not ready."""
+        return self._request("ping", (now_ms(),))
 
-    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> AnyFuture:
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> Any:
         """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
         return self._request("delete_settled_jobs", (cutoff_ms, after_num, limit))
 
-    def checkpoint(self) -> AnyFuture:
+    def checkpoint(self) -> Any:
         """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
         on the writer thread outside any transaction (SQLite refuses one inside)."""
         return self._request("checkpoint", ())
+
+
+def _write_check(at: int) -> WriteFn:
+    def write(conn: sqlite3.Connection, events: list[Event]) -> None:
+        conn.execute("INSERT OR REPLACE INTO write_checks (id, at) VALUES (1, ?)", (at,))
+
+    return write
 
 
 # name -> (write function, bare: runs after the group's transaction, the new job if the
@@ -559,45 +597,73 @@ _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
     "apply_outcome": lambda outcome: (functools.partial(_apply_one_outcome, outcome=outcome), False, None),
     "retry_job": lambda job_id, at: (_retry_job(job_id, at), False, None),
     "prune_events": lambda older_than_ms: (_prune_events(older_than_ms), False, None),
-    "ping": lambda: (_nothing, False, None),
+    "ping": lambda at: (_write_check(at), False, None),
     "delete_settled_jobs": lambda *args: (_delete_settled_jobs(*args), False, None),
     "checkpoint": lambda: (_checkpoint, True, None),
 }
 
 
-class Writer(WriteRequests):
-    """The one write connection, on its own thread, committing in groups."""
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path` now, or None if there is none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
-    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
-        """`on_commit(events)` is called on the writer thread after each commit that
-        appended events, once that commit's futures are completed."""
+
+_STOP = object()
+
+
+class Writer:
+    """The one write connection, on its own thread, committing requests in groups.
+
+    `submit(tag, name, args)` queues the operation `name` (see `_OPERATIONS`) from any
+    thread. After each group, on the writer thread, `on_group(completions, events)` gets
+    every operation's (tag, result, error) and the events the commit appended. Each group
+    is a unit of failure: one failing operation is undone alone (savepoints), a failing
+    commit fails its group (nothing of it stored), and the thread goes on.
+
+    It stops taking writes for good, and says why by `on_fatal(reason)` once, when it can
+    no longer trust its connection: the database file at `path` was removed or replaced
+    by another (checked before every group, and every IDLE_CHECK_SECONDS when idle), a
+    rollback failed, or the thread met an error it does not know. From then on every
+    operation fails with that reason (certainly not stored) until `stop`.
+    """
+
+    def __init__(self, path: str, on_group: Callable[[list[Completion], list[Event]], None],
+                 on_fatal: Callable[[str], None] = lambda reason: None):
         self._path = path
-        self._on_commit = on_commit
+        self._on_group = on_group
+        self._on_fatal = on_fatal
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._ready = concurrent.futures.Future()
+        self._ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._identity: tuple[int, int] | None = None
+        self._refusing: str | None = None  # why every write now fails
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
 
     def start(self) -> None:
+        """Open the connection on the writer thread; raises StoreError if it cannot."""
         self._thread.start()
-        self._ready.result()  # re-raises if the connection could not be opened
+        self._ready.result()
+
+    def submit(self, tag: object, name: str, args: tuple) -> None:
+        """Queue one operation. Safe from any thread."""
+        fn, bare, new_job = _OPERATIONS[name](*args)
+        self._queue.put(_Op(tag, fn, bare, new_job))
 
     def stop(self) -> None:
-        """Commit what was submitted, then close. Safe to call from any thread."""
+        """Commit what was submitted, checkpoint and truncate the WAL (so that `calo.db`
+        alone holds everything), close. Idempotent; safe from any thread."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
-
-    def _request(self, name: str, args: tuple, tag: object = None) -> AnyFuture:
-        """Queue the operation `name` (see `_OPERATIONS`). `tag` names it in `_hand_over`."""
-        fn, bare, new_job = _OPERATIONS[name](*args)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Op(fn, future, bare, new_job, tag))
-        return future
 
     def _run(self) -> None:
         try:
             conn = _connect(self._path, readonly=False)
             conn.execute("PRAGMA synchronous = FULL")  # a 201 means on disk, not in a cache
+            self._identity = _file_identity(self._path)
         except sqlite3.Error as exc:
             self._ready.set_exception(StoreError(f"cannot open {self._path} for writing: {exc}"))
             return
@@ -605,82 +671,121 @@ class Writer(WriteRequests):
         try:
             while self._serve_one_group(conn):
                 pass
+            if self._refusing is None:
+                self._final_checkpoint(conn)
         finally:
             conn.close()
 
-    def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
-        """Commit the next group of operations; False once asked to stop."""
-        group, stopping = [self._queue.get()], False
+    def _next_group(self) -> tuple[list[_Op], bool]:
+        """The operations waiting (at most MAX_GROUP), and whether stop was asked."""
+        try:
+            group = [self._queue.get(timeout=IDLE_CHECK_SECONDS)]
+        except queue.Empty:
+            return [], False
         while len(group) < MAX_GROUP:
             try:
                 group.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        if _STOP in group:
-            stopping = True
-            group = [op for op in group if op is not _STOP]
-        # An operation whose caller cancelled it is skipped; the rest can no longer be
-        # cancelled, so setting their results cannot fail and kill this thread.
-        group = [op for op in group if op.future.set_running_or_notify_cancel()]
-        bare = [op for op in group if op.bare]
-        group = [op for op in group if not op.bare]
-        if group:
-            self._commit(conn, group)
-        for op in bare:
-            self._run_bare(conn, op)
+        stopping = _STOP in group
+        return [op for op in group if op is not _STOP], stopping
+
+    def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
+        """Commit the next group of operations; False once asked to stop."""
+        group, stopping = self._next_group()
+        if self._refusing is None:
+            self._check_file()
+        if not group:
+            return not stopping
+        if self._refusing is not None:
+            self._hand_over([(op.tag, None, StoreError(self._refusing)) for op in group], [])
+            return not stopping
+        try:
+            completions, events = self._commit(conn, [op for op in group if not op.bare])
+            completions += [self._run_bare(conn, op) for op in group if op.bare]
+        except Exception as exc:  # a failed rollback, or a bug: nothing of the group committed
+            self._refuse(f"the writer stopped after an unexpected error: {exc!r}")
+            completions, events = [(op.tag, None, StoreError(self._refusing)) for op in group], []
+        self._hand_over(completions, events)
         return not stopping
 
-    def _run_bare(self, conn: sqlite3.Connection, op: _Op) -> None:
+    def _hand_over(self, completions: list[Completion], events: list[Event]) -> None:
         try:
-            self._hand_over([(op, op.fn(conn, []), None)], [])
+            self._on_group(completions, events)
+        except Exception as exc:  # its callers would never hear: stop taking writes, loudly
+            self._refuse(f"the writer could not hand over a group's results: {exc!r}")
+
+    def _check_file(self) -> None:
+        """Is `path` still the file this connection writes to? A removed or replaced
+        database would take writes that no restart ever sees."""
+        now = _file_identity(self._path)
+        if now != self._identity:
+            what = "removed" if now is None else "replaced by another file"
+            self._refuse(f"{self._path} was {what} while the server ran; writes stopped")
+
+    def _refuse(self, reason: str) -> None:
+        if self._refusing is None:
+            self._refusing = reason
+            self._on_fatal(reason)
+
+    def _final_checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # readers finish their read
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.Error as exc:
-            self._hand_over([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))], [])
+            busy = f"{exc}"
+        if busy:
+            print(f"calo-writer: the WAL checkpoint at stop did not finish ({busy}); calo.db needs "
+                  "its -wal file until the next start", file=sys.stderr)
 
-    def _hand_over(self, completions: list[tuple[_Op, Any, BaseException | None]], events: list[Event]) -> None:
-        """Writer thread, after a commit: complete its futures, then report its events."""
-        _set_results(completions)
-        if events:
-            self._on_commit(events)
+    def _run_bare(self, conn: sqlite3.Connection, op: _Op) -> Completion:
+        try:
+            return op.tag, op.fn(conn, []), None
+        except sqlite3.Error as exc:
+            return op.tag, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}")
 
-    def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+    def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> tuple[list[Completion], list[Event]]:
         """Commit a group in one transaction. Operations run plainly first (failures are
         rare); if one raises, the group is rolled back and run again with each operation
-        in its own savepoint, so that only the failing one is undone."""
+        in its own savepoint, so that only the failing one is undone. If the commit itself
+        fails (a full disk), nothing of the group is stored and each operation says so."""
+        if not group:
+            return [], []
         try:
             try:
-                outcomes, events = self._run_group(conn, group, isolated=False)
+                return self._run_group(conn, group, isolated=False)
             except _OperationFailed:
-                outcomes, events = self._run_group(conn, group, isolated=True)
+                return self._run_group(conn, group, isolated=True)
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._hand_over([(op, None, StoreError(f"write failed: {exc}")) for op in group], [])
-            return
-        self._hand_over(outcomes, events)
+                conn.execute("ROLLBACK")  # if this raises, _serve_one_group stops the writer
+            return [(op.tag, None, StoreError(f"write failed: {exc}")) for op in group], []
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Op], isolated: bool) -> tuple[list, list[Event]]:
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[_Op], isolated: bool,
+    ) -> tuple[list[Completion], list[Event]]:
         """Plainly, the group's new jobs are inserted together first, then the other
         operations run one by one; isolated, every operation runs alone in a savepoint."""
         events: list[Event] = []
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        completions: list[Completion] = []
         conn.execute("BEGIN IMMEDIATE")
         if isolated:
-            outcomes = [self._run_in_savepoint(conn, op, events) for op in group]
+            completions = [self._run_in_savepoint(conn, op, events) for op in group]
         else:
             try:
                 creates = [op for op in group if op.new_job is not None]
                 if creates:
                     results = _insert_new_jobs(conn, events, [op.new_job for op in creates])
-                    outcomes.extend((op, result, None) for op, result in zip(creates, results, strict=True))
-                outcomes.extend((op, op.fn(conn, events), None) for op in group if op.new_job is None)
+                    completions.extend((op.tag, result, None) for op, result in zip(creates, results, strict=True))
+                completions.extend((op.tag, op.fn(conn, events), None) for op in group if op.new_job is None)
             except Exception:  # run again, isolated, by _commit
                 conn.execute("ROLLBACK")
                 raise _OperationFailed from None
         conn.execute("COMMIT")
-        return outcomes, events
+        return completions, events
 
     @staticmethod
-    def _run_in_savepoint(conn, op: _Op, events: list[Event]) -> tuple[_Op, Any, BaseException | None]:
+    def _run_in_savepoint(conn: sqlite3.Connection, op: _Op, events: list[Event]) -> Completion:
         """Run one operation so that its failure undoes only its own writes."""
         own_events: list[Event] = []
         conn.execute("SAVEPOINT op")
@@ -689,7 +794,45 @@ class Writer(WriteRequests):
         except Exception as exc:  # handed to the caller's future, not swallowed
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
-            return op, None, exc
+            return op.tag, None, exc
         conn.execute("RELEASE op")
         events.extend(own_events)
-        return op, result, None
+        return op.tag, result, None
+
+
+class LocalWriter(WriteRequests):
+    """The Writer in this process, answering with `concurrent.futures.Future`s: for tools
+    and tests that have no IOLoop. The server uses calo.writer_process instead."""
+
+    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
+        """`on_commit(events)` is called on the writer thread after each commit that
+        appended events, once that commit's futures are completed."""
+        self._on_commit = on_commit
+        self._writer = Writer(path, self._completed, on_fatal=self._fatal)
+
+    def start(self) -> None:
+        self._writer.start()
+
+    def stop(self) -> None:
+        """Commit what was submitted, then close. Idempotent; safe from any thread."""
+        self._writer.stop()
+
+    def _request(self, name: str, args: tuple) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._writer.submit(future, name, args)
+        return future
+
+    def _completed(self, completions: list[Completion], events: list[Event]) -> None:
+        for future, result, error in completions:
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller cancelled it
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+        if events:
+            self._on_commit(events)
+
+    @staticmethod
+    def _fatal(reason: str) -> None:
+        print(f"calo-writer: {reason}", file=sys.stderr)

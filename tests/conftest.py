@@ -101,8 +101,10 @@ class ServerProcess:
 
     READY = re.compile(r"msg=\"ready url=(\S+)")
 
-    def __init__(self, environ: dict[str, str], flags: list[str]):
+    def __init__(self, environ: dict[str, str], flags: list[str], wrapper: list[str] | None = None):
+        """`wrapper`: a command that runs the server, e.g. ["prlimit", "--nofile=128"]."""
         self.environ = {**os.environ, **environ, "PYTHONUNBUFFERED": "1"}
+        self.wrapper = wrapper or []
         for name in ("UNSPLASH_ACCESS_KEY",):  # the developer's own key must not leak in
             self.environ.pop(name, None)
         self.flags = flags
@@ -113,7 +115,7 @@ class ServerProcess:
     def start(self, timeout: float = 15.0) -> ServerProcess:
         self.lines = []
         self.process = subprocess.Popen(
-            [sys.executable, "server.py", "--port", "0", *self.flags],
+            [*self.wrapper, sys.executable, "server.py", "--port", "0", *self.flags],
             cwd=ROOT, env=self.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self._drainer = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
@@ -177,10 +179,11 @@ def server_process(fake_unsplash, data_dir) -> Iterator[Callable[..., ServerProc
     """Factory: `server_process("--workers", "2", env={...})` starts a server process."""
     started: list[ServerProcess] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, fast: bool = True) -> ServerProcess:
+    def start(*flags: str, env: dict[str, str] | None = None, fast: bool = True,
+              wrapper: list[str] | None = None) -> ServerProcess:
         environ = server_environ(fake_unsplash, data_dir)
         environ.update(env or {})
-        process = ServerProcess(environ, [*(FAST_DELAYS if fast else ()), *flags])
+        process = ServerProcess(environ, [*(FAST_DELAYS if fast else ()), *flags], wrapper)
         started.append(process)
         return process.start()
 

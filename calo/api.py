@@ -24,15 +24,17 @@ import base64
 import binascii
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import tornado.web
 
-from calo.access import AccessPolicy
 from calo.jobs import STATUSES
 from calo.requestlog import LoggedByAccessLine
 from calo.service import JobService, NotRetryable, Overloaded, StoreError
+
+if TYPE_CHECKING:
+    from calo.access import AccessPolicy
 
 JSON_TYPE = "application/json; charset=utf-8"
 MAX_BODY_BYTES = 64 * 1024

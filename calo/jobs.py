@@ -10,12 +10,12 @@ and pure functions, safe to call from any thread.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import os
 import random
-import threading
 from typing import Any
+
+from calo.clock import iso_utc, parse_iso_utc
+from calo.tokens import random_token
 
 PENDING = "pending"
 RESOLVED = "resolved"
@@ -27,57 +27,6 @@ CREATED = "job.created"
 EVENT_FOR_STATUS = {RESOLVED: "job.resolved", FAILED: "job.failed"}
 UPDATED = "job.updated"
 RETRIED = "job.retried"
-
-
-def now_ms() -> int:
-    """Wall-clock time in integer milliseconds since the epoch (UTC)."""
-    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
-
-
-def iso_utc(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC with a `Z` suffix, or None."""
-    if ms is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def parse_iso_utc(text: str | None) -> int | None:
-    """Inverse of `iso_utc`."""
-    if text is None:
-        return None
-    # fromisoformat reads the "Z" (Python 3.11+) and is many times faster than strptime.
-    return round(datetime.datetime.fromisoformat(text).timestamp() * 1000)
-
-
-class _RandomTokens:
-    """Hex tokens cut from the kernel's CSPRNG 4 KiB at a time: one `getrandom` call per
-    512 tokens instead of one per token (that call was about 5% of a POST's CPU time).
-    Thread-safe; a forked child starts with a fresh buffer, so it never repeats a token."""
-
-    READ = 4096
-    TOKEN_BYTES = 8
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._hex = ""
-        self._at = 0
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._hex, self._at = "", 0
-
-    def next(self) -> str:
-        width = 2 * self.TOKEN_BYTES
-        with self._lock:
-            if self._at >= len(self._hex):
-                self._hex, self._at = os.urandom(self.READ).hex(), 0
-            token = self._hex[self._at:self._at + width]
-            self._at += width
-        return token
-
-
-random_token = _RandomTokens().next  # 16 hex characters, unguessable
 
 
 def new_job_id() -> str:

@@ -13,10 +13,14 @@ Must never: format HTTP responses or know about request handlers.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from calo.jobs import Job, draw_delay, now_ms
-from calo.scheduler import Scheduler
+from calo.clock import now_ms
+from calo.jobs import Job, draw_delay
 from calo.store import CreateResult, Event, NotRetryable, Reader, StoreError, WriteRequests
+
+if TYPE_CHECKING:
+    from calo.scheduler import Scheduler
 
 __all__ = ["JobService", "NotRetryable", "Overloaded", "StoreError"]
 

@@ -19,7 +19,7 @@ import json
 import os
 import random
 import threading
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -69,6 +69,21 @@ class Fetched:
     rate_remaining: int | None = None  # X-Ratelimit-Remaining
 
 
+class PhotoSource(Protocol):
+    """Where photos come from: `UnsplashSource`, `DemoSource`, or a wrapper of one
+    (`calo.metrics.MeteredSource`)."""
+
+    name: str  # "unsplash" or "demo"
+
+    def describe(self) -> str:
+        """One line for the operator: which source, and where."""
+        ...
+
+    def fetch(self, count: int) -> Fetched:
+        """Up to `count` photos; raises UpstreamError. Blocks: worker pool only."""
+        ...
+
+
 def http_url(value: Any) -> str | None:
     """`value` if it is an absolute http(s) URL, else None."""
     if not isinstance(value, str) or len(value) > 4096:
@@ -88,17 +103,21 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def image_from_photo(photo: Any) -> dict[str, Any] | None:
     """The job's `image` object for one Unsplash photo, or None if it has no usable URL."""
     if not isinstance(photo, dict):
         return None
-    urls = photo.get("urls") if isinstance(photo.get("urls"), dict) else {}
+    urls = _object(photo.get("urls"))
     url = http_url(urls.get("regular"))
     if url is None:
         return None
-    user = photo.get("user") if isinstance(photo.get("user"), dict) else {}
-    user_links = user.get("links") if isinstance(user.get("links"), dict) else {}
-    links = photo.get("links") if isinstance(photo.get("links"), dict) else {}
+    user = _object(photo.get("user"))
+    user_links = _object(user.get("links"))
+    links = _object(photo.get("links"))
     return {
         "source": "unsplash",
         "url": url,
@@ -148,9 +167,10 @@ class UnsplashSource:
         return f"unsplash ({self._endpoint.rsplit('/photos', 1)[0]})"
 
     def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def fetch(self, count: int) -> Fetched:
         """Up to `count` photos in one request (`count` is sent only when above 1)."""

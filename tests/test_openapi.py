@@ -15,7 +15,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from calo.openapi import DOCUMENT
-from tests.conftest import poll
+from tests.helpers import poll
 
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from types import TracebackType
 
 import tornado.httputil
 import tornado.web
@@ -60,19 +59,6 @@ class RequestIdTransform(tornado.web.OutputTransform):
     ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
         headers[HEADER] = self._id
         return status_code, headers, chunk
-
-
-class LoggedByAccessLine(tornado.web.RequestHandler):
-    """Handler mixin, listed before the handler's Tornado base: an HTTP error (4xx, or a
-    5xx raised on purpose) is logged once, by its access line, not a second time by
-    Tornado with the full URI (which may hold a token). Unexpected exceptions are still
-    logged with their traceback."""
-
-    def log_exception(
-        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not isinstance(value, tornado.web.HTTPError):
-            super().log_exception(typ, value, tb)
 
 
 def access_logger(log_successes: bool) -> Callable[[tornado.web.RequestHandler], None]:

@@ -22,13 +22,16 @@ from calo.tokens import random_token
 PENDING = "pending"
 RESOLVED = "resolved"
 FAILED = "failed"
-STATUSES = (PENDING, RESOLVED, FAILED)
+CANCELLED = "cancelled"
+STATUSES = (PENDING, RESOLVED, FAILED, CANCELLED)
+SETTLED = (RESOLVED, FAILED, CANCELLED)  # a job in one of these is never run again
 
 # Event types, one per kind of change; the event log and the WebSocket use these names.
 CREATED = "job.created"
 EVENT_FOR_STATUS = {RESOLVED: "job.resolved", FAILED: "job.failed"}
 UPDATED = "job.updated"
 RETRIED = "job.retried"
+CANCELLED_EVENT = "job.cancelled"
 
 
 def new_job_id() -> str:
@@ -192,8 +195,14 @@ class Job:
         self.attempts += 1 if counted else 0
         self.error = {"code": code, "message": message}
 
+    def cancel(self, at: int) -> None:
+        """A pending job is withdrawn before its photo is fetched; `resolved_at` says when."""
+        self.status = CANCELLED
+        self.resolved_at = at
+
     def retry(self, at: int) -> None:
-        """A failed job goes back to pending, due now, with a fresh count of tries."""
+        """A failed job goes back to pending, due now, with a fresh count of tries. Its
+        earlier tries stay in the event log (`GET /jobs/{id}/events`)."""
         self.status = PENDING
         self.due_at = at
         self.attempts = 0

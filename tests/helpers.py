@@ -23,7 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
+from tornado.httpclient import HTTPClientError
 
+from calo.openapi import DOCUMENT
 from calo.writer_process import WriterProcess
 
 if TYPE_CHECKING:
@@ -175,13 +177,7 @@ class ServerProcess:
 
     def writer_pid(self) -> int:
         """The server's SQLite writer process (its child named calo-writer)."""
-        for task in os.listdir(f"/proc/{self.pid}/task"):
-            with open(f"/proc/{self.pid}/task/{task}/children") as children:
-                for child in children.read().split():
-                    with open(f"/proc/{child}/comm") as comm:
-                        if comm.read().strip() == "calo-writer":
-                            return int(child)
-        raise AssertionError("the server has no writer process")
+        return writer_pid(self.pid)
 
 
 def run_server(*flags: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -248,6 +244,53 @@ def writer_pid(parent_pid: int) -> int:
 
 
 # -- clients -------------------------------------------------------------------------------
+
+
+async def call(http_client, base_url, path, method="GET", body=None, headers=None):
+    """The response, whatever its status."""
+    try:
+        return await http_client.fetch(base_url + path, method=method, body=body, headers=headers,
+                                       allow_nonstandard_methods=True)
+    except HTTPClientError as exc:
+        return exc.response
+
+
+async def create(http_client, base_url, key=None, body="{}"):
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return await call(http_client, base_url, "/jobs", "POST", body, headers)
+
+
+def body(response):
+    assert response.headers["Content-Type"].startswith("application/json")
+    return json.loads(response.body)
+
+
+def assert_error(response, status, code=None):
+    assert response.code == status
+    error = body(response)["error"]
+    assert set(error) == {"code", "message"} and error["message"]
+    if code:
+        assert error["code"] == code
+
+
+def job_schema():
+    """The Job schema as plain JSON Schema (OpenAPI 3.0's `nullable` spelled out)."""
+
+    def convert(node):
+        if isinstance(node, dict):
+            node = {key: convert(value) for key, value in node.items()}
+            if node.pop("nullable", False):
+                node = {"anyOf": [node, {"type": "null"}]}
+            if "$ref" in node:
+                return convert(DOCUMENT["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]])
+            return node
+        if isinstance(node, list):
+            return [convert(item) for item in node]
+        return node
+
+    return convert(DOCUMENT["components"]["schemas"]["Job"])
 
 
 async def next_events(ws: WebSocketClientConnection, timeout: float = 10.0) -> list[dict[str, Any]]:

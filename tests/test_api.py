@@ -2,47 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from urllib.parse import quote
 
 import pytest
-from tornado.httpclient import HTTPClientError
 
-from tests.helpers import wait_until
+from tests.helpers import assert_error, body, call, create, wait_until
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 JOB_FIELDS = {"id", "status", "result", "created_at", "due_at", "resolved_at",
               "delay_seconds", "attempts", "error", "image"}
-
-
-async def call(http_client, base_url, path, method="GET", body=None, headers=None):
-    """The response, whatever its status."""
-    try:
-        return await http_client.fetch(base_url + path, method=method, body=body, headers=headers,
-                                       allow_nonstandard_methods=True)
-    except HTTPClientError as exc:
-        return exc.response
-
-
-async def create(http_client, base_url, key=None, body="{}"):
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return await call(http_client, base_url, "/jobs", "POST", body, headers)
-
-
-def body(response):
-    assert response.headers["Content-Type"].startswith("application/json")
-    return json.loads(response.body)
-
-
-def assert_error(response, status, code=None):
-    assert response.code == status
-    error = body(response)["error"]
-    assert set(error) == {"code", "message"} and error["message"]
-    if code:
-        assert error["code"] == code
 
 
 @pytest.mark.gen_test

@@ -11,6 +11,13 @@ Contract (keep it exactly; README "API" shows it with curl):
   array of jobs, newest first; `Link: <url>; rel="next"` when there is more.
 - GET /jobs/{id} -> 200 the job, or 404.
 - POST /jobs/{id}/retry -> 200 the job, pending again and due now; 409 unless it failed.
+- POST /jobs/retry-failed -> 200 {"retried": n}: every failed job pending again, due now.
+- POST /jobs/{id}/cancel -> 200 the job, cancelled; 409 `job_not_pending` unless it is
+  pending, 409 `job_resolving` if its photo is already being recorded.
+- GET /jobs/{id}/events?after=SEQ -> 200, a JSON array of the job's retained events,
+  oldest first, at most 1000 (`Link: rel="next"` when there are more); 404 if no such job.
+- GET /stats -> 200 the dashboard's numbers (calo/stats.py: counts, per-minute activity,
+  the upstream's state).
 - Any error -> {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 405, 409,
   413, 503 (with Retry-After). `/openapi.json` describes all of it.
 
@@ -20,44 +27,42 @@ Must never: import sqlite3, touch the store or the scheduler directly, or send H
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import tornado.web
 
-from calo.access import AccessPolicy
+from calo.errors import JSON_TYPE, ApiError, JsonErrors
 from calo.jobs import STATUSES
-from calo.requestlog import LoggedByAccessLine
-from calo.service import CommitUnknown, JobService, NotRetryable, Overloaded, StoreError, WriterBusy
+from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
+from calo.service import (
+    CommitUnknown,
+    JobService,
+    NotCancellable,
+    NotRetryable,
+    Overloaded,
+    Resolving,
+    StoreError,
+    WriterBusy,
+    WrongStatus,
+)
 
-JSON_TYPE = "application/json; charset=utf-8"
+if TYPE_CHECKING:
+    from calo.access import AccessPolicy
+    from calo.stats import StatsReport
+
 MAX_BODY_BYTES = 64 * 1024
 OVERLOAD_RETRY_AFTER_SECONDS = 5
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-ERROR_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "body_too_large", 503: "unavailable",
-}
-
-
-class ApiError(tornado.web.HTTPError):
-    """An error answered as JSON with a stable machine-readable `code`."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(status, log_message=message)
-        self.code = code
-        self.message = message
-        self.headers = headers or {}  # set on the error answer (send_error clears others)
 
 
 @tornado.web.stream_request_body  # so an oversized body is refused before it is read
-class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
+class ApiHandler(JsonErrors, tornado.web.RequestHandler):
     """Base for every JSON endpoint: access rules, body limit, errors as JSON."""
 
     def initialize(self, service: JobService, access: AccessPolicy) -> None:
@@ -112,18 +117,6 @@ class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(text)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, ApiError):
-            code, message = error.code, error.message
-            for name, value in error.headers.items():
-                self.set_header(name, value)
-        else:  # Tornado's own errors (405, a bad request line) and unexpected exceptions
-            code = ERROR_CODES.get(status_code, "internal_error" if status_code >= 500 else "error")
-            message = self._reason if status_code < 500 else "internal server error"
-        self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps({"error": {"code": code, "message": message}}))
-
 
 def storage_unavailable(exc: StoreError) -> ApiError:
     """A write that failed, as a 503 with Retry-After whose code says what is known:
@@ -147,42 +140,22 @@ class NotFoundHandler(ApiHandler):
         raise ApiError(404, "not_found", f"no such resource: {self.request.path}")
 
 
-def encode_cursor(num: int) -> str:
-    return base64.urlsafe_b64encode(f"n:{num}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, number = text.partition(":")
-        if kind == "n" and number.isdigit():
-            return int(number)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise ApiError(400, "bad_parameter", "cursor is not valid (use the Link header's URL)")
-
-
 class JobsHandler(ApiHandler):
     """GET lists jobs page by page; POST creates one."""
 
     def get(self) -> None:
-        status = self.get_query_argument("status", None)
+        status = query_argument(self, "status")
         if status is not None and status not in STATUSES:
             raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(STATUSES)}")
-        limit = self._limit()
-        cursor = self.get_query_argument("cursor", None)
+        raw_limit = query_argument(self, "limit")
+        limit = DEFAULT_LIMIT if raw_limit is None else whole_number(raw_limit, "limit", 1, MAX_LIMIT)
+        cursor = query_argument(self, "cursor")
         before = decode_cursor(cursor) if cursor is not None else None
         rows = self.service.jobs_page(status, limit + 1, before)  # one more: is there a next page?
         if len(rows) > limit:
             rows = rows[:limit]
             self._link_next(status, limit, rows[-1][0])
         self.write_json("[" + ",".join(doc for _, doc in rows) + "]")
-
-    def _limit(self) -> int:
-        raw = self.get_query_argument("limit", str(DEFAULT_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-            raise ApiError(400, "bad_parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        return int(raw)
 
     def _link_next(self, status: str | None, limit: int, last_num: int) -> None:
         query = {"status": status} if status else {}
@@ -225,17 +198,86 @@ class JobHandler(ApiHandler):
         self.write_json(doc)
 
 
-class RetryHandler(ApiHandler):
-    """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
+# What a 409 says when a job's status does not allow the change asked for.
+CONFLICTS = {
+    NotRetryable: ("job_not_failed", "only a failed job can be retried"),
+    NotCancellable: ("job_not_pending", "only a pending job can be cancelled"),
+}
 
-    async def post(self, job_id: str) -> None:
+
+class JobChangeHandler(ApiHandler):
+    """Base of the POSTs that change one job: the same answers for each."""
+
+    async def answer_change(self, change: Awaitable[str | None]) -> None:
+        """200 the job's new document; 404, 409 (its status does not allow it, or it is
+        being resolved) or 503 (nothing was committed)."""
         try:
-            doc = await self.service.retry_job(job_id)
+            doc = await change
         except StoreError as exc:
             raise storage_unavailable(exc) from None
-        except NotRetryable as exc:
-            message = f"only a failed job can be retried; this one is {exc.status}"
-            raise ApiError(409, "job_not_failed", message) from None
+        except WrongStatus as exc:
+            code, rule = CONFLICTS[type(exc)]
+            raise ApiError(409, code, f"{rule}; this one is {exc.status}") from None
+        except Resolving:
+            raise ApiError(409, "job_resolving", "too late to cancel: this job's photo is being recorded") from None
         if doc is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         self.write_json(doc)
+
+
+class RetryHandler(JobChangeHandler):
+    """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
+
+    async def post(self, job_id: str) -> None:
+        await self.answer_change(self.service.retry_job(job_id))
+
+
+class CancelHandler(JobChangeHandler):
+    """POST /jobs/{id}/cancel: a pending job is cancelled before its photo is fetched."""
+
+    async def post(self, job_id: str) -> None:
+        await self.answer_change(self.service.cancel_job(job_id))
+
+
+class RetryFailedHandler(ApiHandler):
+    """POST /jobs/retry-failed: every failed job back to pending, due now, in one request
+    (the page's "Retry all failed"); answers {"retried": n}."""
+
+    async def post(self) -> None:
+        try:
+            retried = await self.service.retry_failed()
+        except StoreError as exc:
+            raise storage_unavailable(exc) from None
+        self.write_json(json.dumps({"retried": retried}))
+
+
+EVENTS_PAGE = 1000
+
+
+class JobEventsHandler(ApiHandler):
+    """GET /jobs/{id}/events: the job's timeline, from the event log."""
+
+    def get(self, job_id: str) -> None:
+        raw = query_argument(self, "after")
+        after = 0 if raw is None else whole_number(raw, "after")
+        events = self.service.job_events(job_id, after, EVENTS_PAGE + 1)
+        if events is None:
+            raise ApiError(404, "job_not_found", "no job with this id")
+        if len(events) > EVENTS_PAGE:
+            events = events[:EVENTS_PAGE]
+            last_seq = json.loads(events[-1])["seq"]
+            url = f"{self.request.protocol}://{self.request.host}{self.request.path}?after={last_seq}"
+            self.set_header("Link", f'<{url}>; rel="next"')
+        self.write_json("[" + ",".join(events) + "]")
+
+
+class StatsHandler(ApiHandler):
+    """GET /stats: job counts, the last hour's activity per minute, the upstream's state."""
+
+    def initialize(self, service: JobService, access: AccessPolicy, report: StatsReport) -> None:  # type: ignore[override]
+        super().initialize(service, access)
+        self.report = report
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(json.dumps(self.report.document(), separators=(",", ":")))

@@ -21,28 +21,41 @@ Must never: hold logic of its own beyond building and connecting the parts.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.ioloop import IOLoop
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from calo.access import AccessPolicy
-from calo.api import JobHandler, JobsHandler, NotFoundHandler, RetryHandler
+from calo.api import (
+    CancelHandler,
+    JobEventsHandler,
+    JobHandler,
+    JobsHandler,
+    NotFoundHandler,
+    RetryFailedHandler,
+    RetryHandler,
+    StatsHandler,
+)
 from calo.config import Settings
 from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
-from calo.live import EventsSocket, Hub
+from calo.live import MAX_CLIENT_MESSAGE_BYTES, EventsSocket, Hub
 from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
 from calo.openapi import OpenApiHandler
 from calo.pages import IndexHandler
 from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
+from calo.stats import Activity, StatsReport
 from calo.store import Database, Event
 from calo.supervisor import Supervisor
 from calo.throttle import UpstreamGate
@@ -50,7 +63,13 @@ from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
 from calo.writer_process import WriterProcess
 
+if TYPE_CHECKING:
+    from calo.config import Settings
+
 log = logging.getLogger("calo")
+
+# (URL pattern, handler class[, its initialize() arguments])
+Route = tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
 
 WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
 SHUTDOWN_GRACE_SECONDS = 10
@@ -72,16 +91,20 @@ def find_web_root() -> str:
 
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
-    delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
+    stats: StatsReport, delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
 ) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers."""
     api = {"service": service, "access": access}
-    routes = [
+    routes: list[Route] = [
         (r"/", IndexHandler, {"delays": delays}),
         (r"/openapi.json", OpenApiHandler),
         (r"/jobs", JobsHandler, api),
+        (r"/jobs/retry-failed", RetryFailedHandler, api),  # before /jobs/{id}: never a job id
         (r"/jobs/([^/]+)", JobHandler, api),
         (r"/jobs/([^/]+)/retry", RetryHandler, api),
+        (r"/jobs/([^/]+)/cancel", CancelHandler, api),
+        (r"/jobs/([^/]+)/events", JobEventsHandler, api),
+        (r"/stats", StatsHandler, {**api, "report": stats}),
         (r"/ws", EventsSocket, {"service": service, "hub": hub, "access": access}),
         (r"/healthz", HealthzHandler),
         (r"/readyz", ReadyzHandler, {"health": health}),
@@ -95,10 +118,18 @@ def make_app(
         default_handler_args=api,
         websocket_ping_interval=WEBSOCKET_PING_SECONDS,
         websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
+        websocket_max_message_size=MAX_CLIENT_MESSAGE_BYTES,  # refused from the frame header
         log_function=access_logger(access_log),  # logfmt lines with each X-Request-Id
     )
     app.add_transform(RequestIdTransform)
     return app
+
+
+def asyncio_loop(loop: IOLoop) -> asyncio.AbstractEventLoop:
+    """The asyncio event loop a Tornado IOLoop runs on (every IOLoop does, since Tornado 6)."""
+    if not isinstance(loop, BaseAsyncIOLoop):
+        raise TypeError(f"{loop!r} does not run on asyncio")
+    return loop.asyncio_loop
 
 
 def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
@@ -119,6 +150,7 @@ class Calo:
         self.metrics = Metrics()
         self.source = MeteredSource(make_source(settings, self.web_root), self.metrics.upstream_requests)
         self.hub = Hub()
+        self.activity = Activity()
         self._loop = IOLoop.current()
         self.database: Database | None = None
 
@@ -130,7 +162,7 @@ class Calo:
         self.exporter = JsonExporter(self.database)
         # The writer runs in its own process; each group's results and events come back
         # to the IOLoop as one message.
-        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop, self._writer_died,
+        self.writer = WriterProcess(self.database.path, self._on_commit, asyncio_loop(self._loop), self._writer_died,
                                     write_timeout=settings.write_timeout)
         self.writer.start()
         self.reader = self.database.reader()
@@ -146,6 +178,7 @@ class Calo:
             delays=(settings.delay_min, settings.delay_max, settings.delay_step),
             max_pending=settings.max_pending,
         )
+        self.activity.seed(self.database, self.reader.latest_seq())  # before anything commits
         pending = self.reader.pending_due()
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
@@ -159,6 +192,7 @@ class Calo:
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
+            stats=StatsReport(self.service, self.activity, self.health),
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
         )
 
@@ -193,6 +227,7 @@ class Calo:
         self.hub.publish(events)
         self.exporter.mark_changed()
         self.metrics.observe_committed(events)
+        self.activity.observe(events)
 
     async def stop(
         self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS,

@@ -29,9 +29,13 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
-from calo.jobs import iso_utc, now_ms
-from calo.store import Database, Reader
+from calo.clock import iso_utc, now_ms
+
+if TYPE_CHECKING:
+    from calo.store import Database, Reader
 
 log = logging.getLogger("calo.export")
 
@@ -40,7 +44,7 @@ PACING = 5  # wait at least this many times an export's duration before the next
 FORMAT = "calo-jobs-export"
 
 
-def write_atomically(path: str, write_body) -> None:
+def write_atomically(path: str, write_body: Callable[[TextIO], None]) -> None:
     """Write a file so that readers see the old or the new one, never a mix."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp_path = tempfile.mkstemp(prefix=".jobs-", suffix=".tmp", dir=directory)
@@ -131,11 +135,11 @@ class JsonExporter:
         if not ok:
             self._changed.set()  # the file is stale: try again after the pause
 
-    def export(self, reader) -> int:
+    def export(self, reader: Reader) -> int:
         """Write every job to `jobs.json`; returns how many."""
         count = 0
 
-        def body(file) -> None:
+        def body(file: TextIO) -> None:
             nonlocal count
             file.write(f'{{"format":"{FORMAT}","version":1,"exported_at":"{iso_utc(now_ms())}","jobs":[')
             for chunk_count, docs in reader.iter_job_chunks():
@@ -152,12 +156,15 @@ def read_export(path: str) -> list[str]:
     """The job documents of a `jobs.json` export, re-encoded; raises ValueError (one
     line) if the file is not a complete export in this format."""
     try:
-        with open(path, encoding="utf-8") as file:
+        # Bytes that are not UTF-8 become U+FFFD: one damaged caption must not stop a restore.
+        with open(path, encoding="utf-8", errors="replace") as file:
             document = json.load(file)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be an export") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != 1:
         raise ValueError(f"{path} is not a Calo Jobs export (format {FORMAT}, version 1)")
     jobs = document.get("jobs")

@@ -48,6 +48,7 @@ from tornado.iostream import IOStream
 log = logging.getLogger("calo.http")
 
 SWEEP_EVERY_MS = 1000
+DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds; `--client-timeout` sets it (calo/config.py)
 DEFAULT_MAX_CONNECTIONS = 1000
 # Descriptors kept for everything but client connections: stdio, the listening sockets,
 # epoll and its wake-up pipe, SQLite's files for two readers, the writer's pipes, the
@@ -111,7 +112,10 @@ class GuardedHTTPServer(HTTPServer):
     """An HTTPServer with slow clients cut off, a cap on connections, a pause on
     descriptor exhaustion, and a drain for shutdown (see the module docstring)."""
 
-    def initialize(self, *args: Any, request_timeout: float, max_connections: int, **kwargs: Any) -> None:
+    def initialize(
+        self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any,
+    ) -> None:
         super().initialize(*args, **kwargs)
         self._request_timeout = request_timeout
         self._max_connections = max_connections
@@ -213,7 +217,9 @@ class GuardedHTTPServer(HTTPServer):
 
     # -- requests ------------------------------------------------------------------------------
 
-    def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection):  # type: ignore[no-untyped-def]
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
         """Tornado calls this when a connection starts waiting for its next request."""
         self.answering.discard(server_conn)
         self._waiting[server_conn] = time.monotonic() + self._request_timeout
@@ -286,12 +292,17 @@ class _Request(tornado.httputil.HTTPMessageDelegate):
         self._request_conn = request_conn
         self._delegate: tornado.httputil.HTTPMessageDelegate | None = delegate
 
-    def headers_received(self, start_line, headers) -> Awaitable[None] | None:  # type: ignore[no-untyped-def]
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
         self._server.answering.add(self._conn)  # from here on, shutdown waits for its answer
-        if self._server.draining:
+        delegate = self._delegate
+        if delegate is None or self._server.draining:
             self._delegate = None  # the application never sees it
             return None
-        return self._delegate.headers_received(start_line, headers)
+        return delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return None if self._delegate is None else self._delegate.data_received(chunk)

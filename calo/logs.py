@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Hashable
 
-from calo.jobs import iso_utc
+from calo.clock import iso_utc
 
 BURST = 5  # lines of one kind per interval, before the rest are counted instead
 INTERVAL_SECONDS = 10.0
@@ -61,7 +61,7 @@ class RateLimit(logging.Filter):
         self._burst = burst
         self._interval = interval
         self._clock = clock
-        self._windows: dict[Hashable, list] = {}  # kind -> [window start, lines let through, dropped]
+        self._windows: dict[Hashable, list[float]] = {}  # kind -> [window start, lines let through, dropped]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:

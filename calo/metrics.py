@@ -6,7 +6,7 @@ queues, the worker pool's queue, WebSocket clients and events sent, the upstream
 and rate-limit budget, each upkeep task's last run. What happens and is gone is counted
 where it happens, by two small hooks:
 - `Metrics.observe_committed(events)`, from the writer's on-commit callback: jobs
-  created, resolved and failed, and how late each job resolved (`resolved_at - due_at`);
+  created, resolved, failed, cancelled and retried, and how late each job resolved (`resolved_at - due_at`);
 - `MeteredSource`, which wraps the photo source: upstream requests by outcome, and how
   many fetches are running (the pool's queue depth is those submitted minus those running).
 IOLoop lag is measured by a timer that records how late it fires (`LoopLag`).
@@ -24,21 +24,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tornado.ioloop import IOLoop
 
-from calo.export import JsonExporter
 from calo.health import Health, OpsHandler
-from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, STATUSES
-from calo.live import Hub
-from calo.scheduler import Scheduler
-from calo.store import Event, Reader
-from calo.throttle import UpstreamGate
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES
 from calo.unsplash import Fetched, UpstreamError
-from calo.upkeep import Upkeep
+
+if TYPE_CHECKING:
+    from calo.export import JsonExporter
+    from calo.live import Hub
+    from calo.scheduler import Scheduler
+    from calo.store import Event, Reader
+    from calo.throttle import UpstreamGate
+    from calo.unsplash import PhotoSource
+    from calo.upkeep import Upkeep
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -55,6 +58,8 @@ class Metrics:
             CREATED: ("calo_jobs_created", "Jobs created"),
             EVENT_FOR_STATUS[RESOLVED]: ("calo_jobs_resolved", "Jobs resolved with a photo"),
             EVENT_FOR_STATUS[FAILED]: ("calo_jobs_failed", "Jobs that failed for good"),
+            CANCELLED_EVENT: ("calo_jobs_cancelled", "Pending jobs cancelled before their photo was fetched"),
+            RETRIED: ("calo_jobs_retried", "Failed jobs put back to pending (one at a time or all at once)"),
         }
         self._counters = {kind: Counter(name, text, registry=self.registry) for kind, (name, text) in by_type.items()}
         self._lateness = Histogram(
@@ -88,7 +93,7 @@ class MeteredSource:
     """A photo source that counts its fetches' outcomes and how many are running.
     `fetch` runs on the worker pool, like the source it wraps."""
 
-    def __init__(self, source: Any, requests: Counter):
+    def __init__(self, source: PhotoSource, requests: Counter):
         self._source = source
         self._requests = requests
         self._lock = threading.Lock()

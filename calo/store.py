@@ -13,10 +13,9 @@ Threads:
 - `Writer` owns the only write connection on its own thread: the one write path. Callers
   (any thread) submit tagged operations; operations that arrive together are committed
   in one transaction (group commit, `synchronous=FULL`), and each group's (tag, result,
-  error) triples and events go to one `on_group` callback on the writer thread. The
-  server runs it in a process of its own (calo/writer_process.py, answering with asyncio
-  futures); `LocalWriter` runs it in this process with concurrent futures, for tools and
-  tests. A WAL checkpoint runs on the writer thread, between two groups, outside any
+  error) triples and events go to one `on_group` callback on the writer thread. It runs
+  in the writer process (calo/writer_process.py), whose parent side answers with asyncio
+  futures. A WAL checkpoint runs on the writer thread, between two groups, outside any
   transaction, and once more at stop.
 
 Must never: import Tornado, block its caller on a commit, let one failing operation
@@ -26,10 +25,10 @@ the one at its path.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import fcntl
-import functools
 import json
 import os
 import queue
@@ -39,16 +38,17 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms
+from calo.clock import iso_utc, now_ms
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome
 
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
 BUSY_TIMEOUT_MS = 5000
 PRIVATE_DIR = 0o700  # jobs, their photos and idempotency keys are nobody else's business
 PRIVATE_FILE = 0o600
+IDLE_CHECK_SECONDS = 1.0  # how often an idle writer checks that its database file is still there
 EXPORT_CHUNK = 2000  # job documents per read of the JSON export
 MAX_GROUP = 512  # operations committed together at most; bounds one transaction's time
-IDLE_CHECK_SECONDS = 1.0  # how often an idle writer checks that its database file is still there
 CHECKPOINT_BUSY_MS = 200  # a checkpoint waits this long for readers, then leaves the rest for next time
 
 # Each migration (a tuple of statements) runs in the same transaction as the
@@ -92,6 +92,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END""",
     ),
     (
+        # A job's own events, oldest first, for its timeline (GET /jobs/{id}/events).
+        "CREATE INDEX events_by_job ON events(job_id, seq)",
+    ),
+    (
         # One row the health check rewrites: /readyz proves a real write reaches the disk
         # (an empty transaction writes nothing, so it passes on a full disk).
         "CREATE TABLE write_checks (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
@@ -123,15 +127,42 @@ class Event(NamedTuple):
     due_at: int | None = None  # when a job created or put back to pending is due (for the scheduler)
 
 
-class NotRetryable(Exception):
-    """Only a failed job can be retried; `status` is the job's current one."""
+class WrongStatus(Exception):
+    """The job is not in a status that allows this change; `status` is its current one."""
+
+    needed = "?"
 
     def __init__(self, status: str):
-        super().__init__(f"job is {status}, not failed")
+        super().__init__(f"job is {status}, not {self.needed}")
         self.status = status
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return NotRetryable, (self.status,)  # it crosses the pipe from the writer process
+    def __reduce__(self) -> tuple[type[WrongStatus], tuple[str]]:
+        return type(self), (self.status,)  # it crosses the pipe from the writer process
+
+
+class NotRetryable(WrongStatus):
+    """Only a failed job can be retried."""
+
+    needed = FAILED
+
+
+class NotCancellable(WrongStatus):
+    """Only a pending job can be cancelled."""
+
+    needed = PENDING
+
+
+class Activity(NamedTuple):
+    """What `Reader.activity_since` read: (minute start ms, event type, count, max lateness
+    ms or None) and (minute start ms, lateness ms) samples."""
+
+    counts: list[tuple[int, str, int, float | None]]
+    samples: list[tuple[int, float]]
+
+
+# An event's lateness (resolved_at - due_at) in ms, from the job document it holds.
+_LATENESS_MS = ("(julianday(json_extract(job, '$.resolved_at')) - julianday(json_extract(job, '$.due_at')))"
+                " * 86400000.0")
 
 
 class CreateResult(NamedTuple):
@@ -150,7 +181,8 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
 
 
 def _check_not_newer(version: int) -> None:
@@ -237,7 +269,7 @@ class Database:
         _prepare_data_dir(data_dir)
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, DB_FILE)
-        self._lock_fd = _lock_data_dir(data_dir)
+        self._lock_fd: int | None = _lock_data_dir(data_dir)
         try:
             _create_or_upgrade(self.path)
         except sqlite3.DatabaseError as exc:
@@ -246,11 +278,14 @@ class Database:
 
     def import_jobs(self, job_docs: list[str]) -> int:
         """Fill an EMPTY database with these job documents (from a JSON export), in one
-        transaction. Raises StoreError, changing nothing, if it already holds jobs."""
-        try:
-            jobs = [Job.from_json(doc) for doc in job_docs]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"import refused, a job in the export is not valid: {exc!r}") from None
+        transaction, their text made storable (`Job.from_export`). Raises StoreError,
+        changing nothing, if it already holds jobs or a job is not valid."""
+        jobs = []
+        for number, doc in enumerate(job_docs, start=1):
+            try:
+                jobs.append(Job.from_export(json.loads(doc)))
+            except (ValueError, RecursionError) as exc:
+                raise StoreError(f"import refused, job {number} of the export is not valid: {exc}") from None
         conn = _connect(self.path, readonly=False)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -272,11 +307,6 @@ class Database:
         """A new Reader, to be used only on the calling thread."""
         return Reader(self.path)
 
-    def writer(self, on_commit: Callable[[list[Event]], None]) -> LocalWriter:
-        """A writer thread in this process (for tools and tests); the server runs its
-        writer in a process of its own (calo.writer_process)."""
-        return LocalWriter(self.path, on_commit)
-
     def close(self) -> None:
         """Release the data-dir lock (close readers and stop the writer first)."""
         if self._lock_fd is not None:
@@ -296,15 +326,20 @@ class Reader:
     def job(self, job_id: str) -> str | None:
         """The job's JSON document, or None."""
         row = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row[0] if row else None
+        doc: str | None = row[0] if row else None
+        return doc
 
     def job_by_idempotency_key(self, key: str) -> tuple[str, str] | None:
         """(id, document) of the job created with this key, if any."""
-        return self._conn.execute("SELECT id, doc FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        row: tuple[str, str] | None = self._conn.execute(
+            "SELECT id, doc FROM jobs WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        return row
 
     def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
         """Up to `limit` (num, doc) pairs, newest first, with num < `before` if given."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -313,12 +348,14 @@ class Reader:
             params.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT num, doc FROM jobs {clause} ORDER BY num DESC LIMIT ?"
-        return self._conn.execute(sql, (*params, limit)).fetchall()
+        rows: list[tuple[int, str]] = self._conn.execute(sql, (*params, limit)).fetchall()
+        return rows
 
     def pending_due(self) -> list[tuple[int, str]]:
         """(due_at, id) of every pending job, earliest first."""
         sql = "SELECT due_at, id FROM jobs WHERE status = ? ORDER BY due_at"
-        return self._conn.execute(sql, (PENDING,)).fetchall()
+        rows: list[tuple[int, str]] = self._conn.execute(sql, (PENDING,)).fetchall()
+        return rows
 
     def count_by_status(self) -> dict[str, int]:
         """Jobs per status; three rows kept by triggers, not a count of the table."""
@@ -330,19 +367,49 @@ class Reader:
         partial index is named because the planner would otherwise scan by status."""
         sql = ("SELECT id, due_at FROM jobs INDEXED BY jobs_pending_by_due"
                " WHERE status = 'pending' ORDER BY due_at LIMIT 1")
-        return self._conn.execute(sql).fetchone()
+        row: tuple[str, int] | None = self._conn.execute(sql).fetchone()
+        return row
 
     def latest_seq(self) -> int:
         """The highest event seq ever assigned (0 if none), even if since pruned."""
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return row[0] if row else 0
+        seq: int = row[0] if row else 0
+        return seq
 
     def oldest_seq(self) -> int | None:
-        return self._conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+        """The lowest event seq still kept, or None when no event is."""
+        seq: int | None = self._conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+        return seq
 
     def events_after(self, seq: int, limit: int) -> list[Event]:
         sql = "SELECT seq, type, job_id, job FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return [Event(*row) for row in self._conn.execute(sql, (seq, limit))]
+
+    def job_events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, int, str]]:
+        """Up to `limit` (seq, type, created_at ms, job document) of one job's retained
+        events with seq > `after`, oldest first (one index range)."""
+        sql = ("SELECT seq, type, created_at, job FROM events WHERE job_id = ? AND seq > ?"
+               " ORDER BY seq LIMIT ?")
+        return self._conn.execute(sql, (job_id, after, limit)).fetchall()
+
+    def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> Activity:
+        """The events committed since `since_ms` with seq <= `up_to_seq`, by minute: how
+        many of each type, (for `job.resolved`) the largest lateness, and up to `samples`
+        lateness values per minute. SQLite counts and samples, so Python sees a few
+        thousand rows at most, however busy the hour was."""
+        resolved = EVENT_FOR_STATUS[RESOLVED]
+        counts = self._conn.execute(
+            f"SELECT created_at / 60000 * 60000 AS minute, type, COUNT(*),"
+            f" MAX(CASE WHEN type = ? THEN {_LATENESS_MS} END) FROM events"
+            " WHERE created_at >= ? AND seq <= ? GROUP BY minute, type", (resolved, since_ms, up_to_seq),
+        ).fetchall()
+        sampled = self._conn.execute(
+            f"SELECT minute, late FROM (SELECT created_at / 60000 * 60000 AS minute, {_LATENESS_MS} AS late,"
+            " ROW_NUMBER() OVER (PARTITION BY created_at / 60000 ORDER BY seq) AS n"
+            " FROM events WHERE created_at >= ? AND seq <= ? AND type = ?) WHERE n <= ?",
+            (since_ms, up_to_seq, resolved, samples),
+        ).fetchall()
+        return Activity(counts, sampled)
 
     def iter_job_chunks(self, size: int = EXPORT_CHUNK) -> Iterator[tuple[int, str]]:
         """Every job's document, oldest first, from one consistent snapshot, as
@@ -374,7 +441,7 @@ WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
 class _Op:
     """One requested write, as the writer thread runs it."""
 
-    tag: object  # how the caller knows it: its future, or the writer process's request number
+    tag: object  # how the caller knows it (the writer process's request number)
     fn: WriteFn
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
     new_job: Job | None = None  # a create without a key: the group inserts these together
@@ -388,9 +455,18 @@ def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job:
         "INSERT INTO events (type, job_id, created_at, job) VALUES (?, ?, ?, ?)",
         (kind, job.id, now_ms(), job_json),
     )
-    lateness = job.resolved_at - job.due_at if kind == EVENT_FOR_STATUS[RESOLVED] else None
+    lateness = None
+    if kind == EVENT_FOR_STATUS[RESOLVED] and job.resolved_at is not None:
+        lateness = job.resolved_at - job.due_at
     due_at = job.due_at if job.status == PENDING and kind in (CREATED, RETRIED) else None
-    events.append(Event(cursor.lastrowid, kind, job.id, job_json, lateness, due_at))
+    events.append(Event(_inserted_rowid(cursor), kind, job.id, job_json, lateness, due_at))
+
+
+def _inserted_rowid(cursor: sqlite3.Cursor) -> int:
+    """The rowid an INSERT just assigned (sqlite3 gives None only after other statements)."""
+    if cursor.lastrowid is None:
+        raise StoreError("an INSERT reported no rowid")
+    return cursor.lastrowid
 
 
 def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
@@ -431,7 +507,7 @@ def _insert_new_jobs(conn: sqlite3.Connection, events: list[Event], jobs: list[J
     rows = json.dumps([[job.id, job.status, job.due_at, new.job_json] for job, new in zip(jobs, created, strict=True)])
     conn.execute(_INSERT_NEW_JOBS, (rows,))
     # One statement under the write lock: the events' seqs are consecutive, ending at lastrowid.
-    last_seq = conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)).lastrowid
+    last_seq = _inserted_rowid(conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)))
     first_seq = last_seq - len(created) + 1
     events.extend(
         Event(first_seq + n, CREATED, new.job_id, new.job_json, due_at=job.due_at)
@@ -454,29 +530,98 @@ def _apply_one_outcome(conn: sqlite3.Connection, events: list[Event], outcome: O
     return job.status
 
 
+class NotStored(NamedTuple):
+    """An outcome whose job could not be written with it (its data, not the database,
+    was at fault); the job was left as it was. `reason` is one line for the log."""
+
+    reason: str
+
+
+# What a job's data can raise on its way into SQLite (text that is not valid UTF-8, an
+# integer past 64 bits, a document that is not JSON). The database's own failures
+# (sqlite3.OperationalError: disk full, I/O error, locked) fail the whole group instead.
+_DATA_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, sqlite3.DataError, sqlite3.IntegrityError)
+
+
+def _apply_isolated(conn: sqlite3.Connection, events: list[Event], outcome: Outcome) -> str | None | NotStored:
+    """Apply one outcome in its own savepoint: if its data cannot be written, only its
+    own changes are undone and the others of its batch still commit."""
+    own_events: list[Event] = []
+    conn.execute("SAVEPOINT outcome")
+    try:
+        status = _apply_one_outcome(conn, own_events, outcome)
+    except _DATA_ERRORS as exc:
+        conn.execute("ROLLBACK TO outcome")
+        conn.execute("RELEASE outcome")
+        return NotStored(f"{type(exc).__name__}: {ascii(str(exc))[1:-1][:300]}")
+    conn.execute("RELEASE outcome")
+    events.extend(own_events)
+    return status
+
+
 def _apply_outcomes(outcomes: list[Outcome]) -> WriteFn:
-    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None]:
-        return [_apply_one_outcome(conn, events, outcome) for outcome in outcomes]
+    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None | NotStored]:
+        return [_apply_isolated(conn, events, outcome) for outcome in outcomes]
 
     return write
 
 
-def _retry_job(job_id: str, at: int) -> WriteFn:
+def _save_changed(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job) -> str:
+    """Write a job changed by the user (retried, cancelled) with its event; its new document."""
+    job_json = job.to_json()
+    conn.execute(
+        "UPDATE jobs SET status = ?, due_at = ?, doc = ? WHERE id = ?", (job.status, job.due_at, job_json, job.id),
+    )
+    _append_event(conn, events, kind, job, job_json)
+    return job_json
+
+
+def _change_job(job_id: str, refusal: type[WrongStatus], change: Callable[[Job], None], kind: str) -> WriteFn:
+    """Apply `change` to the job if its status is `refusal.needed`, else raise `refusal`."""
+
     def write(conn: sqlite3.Connection, events: list[Event]) -> str | None:
         row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
         job = Job.from_json(row[0])
-        if job.status != FAILED:
-            raise NotRetryable(job.status)
-        job.retry(at)
-        job_json = job.to_json()
-        conn.execute(
-            "UPDATE jobs SET status = ?, due_at = ?, doc = ? WHERE id = ?",
-            (job.status, job.due_at, job_json, job.id),
-        )
-        _append_event(conn, events, RETRIED, job, job_json)
-        return job_json
+        if job.status != refusal.needed:
+            raise refusal(job.status)
+        change(job)
+        return _save_changed(conn, events, kind, job)
+
+    return write
+
+
+def _retry_job(job_id: str, at: int) -> WriteFn:
+    return _change_job(job_id, NotRetryable, lambda job: job.retry(at), RETRIED)
+
+
+def _cancel_job(job_id: str, at: int) -> WriteFn:
+    return _change_job(job_id, NotCancellable, lambda job: job.cancel(at), CANCELLED_EVENT)
+
+
+class RetriedBatch(NamedTuple):
+    job_ids: list[str]  # now pending, due at the batch's `at`
+    last_num: int  # where the next batch starts (exclusive)
+    done: bool  # no failed job is left after `last_num`
+
+
+def _retry_failed(after_num: int, limit: int, at: int) -> WriteFn:
+    """Retry up to `limit` failed jobs in creation order after `after_num` (the
+    `jobs_by_status` index: a bounded range, not a scan). A job that fails again while
+    later batches run is behind the cursor, so a bulk retry always ends."""
+
+    def write(conn: sqlite3.Connection, events: list[Event]) -> RetriedBatch:
+        rows = conn.execute(
+            "SELECT num, doc FROM jobs WHERE status = ? AND num > ? ORDER BY num LIMIT ?", (FAILED, after_num, limit),
+        ).fetchall()
+        retried = []
+        for _, doc in rows:
+            job = Job.from_json(doc)
+            job.retry(at)
+            _save_changed(conn, events, RETRIED, job)
+            retried.append(job.id)
+        return RetriedBatch(retried, rows[-1][0] if rows else after_num, done=len(rows) < limit)
 
     return write
 
@@ -484,6 +629,15 @@ def _retry_job(job_id: str, at: int) -> WriteFn:
 def _prune_events(older_than_ms: int) -> WriteFn:
     def write(conn: sqlite3.Connection, events: list[Event]) -> int:
         return conn.execute("DELETE FROM events WHERE created_at < ?", (older_than_ms,)).rowcount
+
+    return write
+
+
+def _write_check(at: int) -> WriteFn:
+    """Rewrite the one row of `write_checks`: a write that must reach the disk."""
+
+    def write(conn: sqlite3.Connection, events: list[Event]) -> None:
+        conn.execute("INSERT OR REPLACE INTO write_checks (id, at) VALUES (1, ?)", (at,))
 
     return write
 
@@ -506,7 +660,8 @@ def _delete_settled_jobs(cutoff_ms: int, after_num: int, limit: int) -> WriteFn:
             "SELECT num, status, json_extract(doc, '$.created_at'), json_extract(doc, '$.resolved_at')"
             " FROM jobs WHERE num > ? ORDER BY num LIMIT ?", (after_num, limit),
         ).fetchall()
-        doomed, last_num = [], after_num
+        doomed: list[int] = []
+        last_num = after_num
         for num, status, created_at, resolved_at in rows:
             if created_at >= cutoff:
                 return DeletedBatch(_delete_nums(conn, doomed), last_num, done=True)
@@ -529,7 +684,8 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
     busy=1 means a reader held an old snapshot; the next checkpoint finishes the job."""
     conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
     try:
-        return tuple(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy, frames, copied
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
@@ -539,54 +695,56 @@ class _OperationFailed(Exception):
 
 
 class WriteRequests:
-    """The writes the rest of Calo Jobs may ask for, each answered by a future. Every
-    method returns at once; `_request` (the pipe to the writer process, or the local
-    writer thread's queue) decides which thread it may be called on."""
+    """The writes the rest of Calo Jobs may ask for, each answered by an asyncio future on
+    the caller's loop. Every method returns at once. Implemented by the server's side of
+    the writer process (`calo.writer_process.WriterProcess`), whose `_request` carries
+    the operation's name and arguments to the store's `Writer` in the child."""
 
-    def _request(self, name: str, args: tuple) -> Any:
+    def _request(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         raise NotImplementedError
 
-    def create_job(self, job: Job, idempotency_key: str | None = None) -> Any:
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> asyncio.Future[CreateResult]:
         """Future of a CreateResult."""
         return self._request("create_job", (job, idempotency_key))
 
-    def apply_outcomes(self, outcomes: list[Outcome]) -> Any:
-        """Future of each job's new status (None where it was not pending), in order:
-        one operation (and one wake-up of the caller) for a whole batch of photos."""
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]:
+        """Future of each job's new status (None where it was not pending, `NotStored`
+        where that outcome's data could not be written), in order: one operation (and
+        one wake-up of the caller) for a whole batch of photos, each outcome isolated."""
         return self._request("apply_outcomes", (outcomes,))
 
-    def apply_outcome(self, outcome: Outcome) -> Any:
-        """Future of the job's new status, or None if it was not pending."""
-        return self._request("apply_outcome", (outcome,))
-
-    def retry_job(self, job_id: str, at: int) -> Any:
+    def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
         """Future of the job's new document (pending, due at `at`), None if there is no
         such job; raises NotRetryable unless it is failed."""
         return self._request("retry_job", (job_id, at))
 
-    def prune_events(self, older_than_ms: int) -> Any:
+    def cancel_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
+        """Future of the job's new document (cancelled at `at`), None if there is no such
+        job; raises NotCancellable unless it is pending."""
+        return self._request("cancel_job", (job_id, at))
+
+    def retry_failed(self, after_num: int, limit: int, at: int) -> asyncio.Future[RetriedBatch]:
+        """Future of a RetriedBatch: up to `limit` failed jobs after `after_num` made
+        pending again, due at `at`, each with its `job.retried` event."""
+        return self._request("retry_failed", (after_num, limit, at))
+
+    def prune_events(self, older_than_ms: int) -> asyncio.Future[int]:
+        """Future of how many events created before `older_than_ms` were deleted."""
         return self._request("prune_events", (older_than_ms,))
 
-    def ping(self) -> Any:
-        """Future of None once a real write (one row of `write_checks`) has committed:
+    def ping(self) -> asyncio.Future[None]:
+        """Future of None once a real write (the one row of `write_checks`) has committed:
         the health check, so that a full disk shows as not ready."""
         return self._request("ping", (now_ms(),))
 
-    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> Any:
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> asyncio.Future[DeletedBatch]:
         """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
         return self._request("delete_settled_jobs", (cutoff_ms, after_num, limit))
 
-    def checkpoint(self) -> Any:
+    def checkpoint(self) -> asyncio.Future[tuple[int, int, int]]:
         """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
         on the writer thread outside any transaction (SQLite refuses one inside)."""
         return self._request("checkpoint", ())
-
-
-def _write_check(at: int) -> WriteFn:
-    def write(conn: sqlite3.Connection, events: list[Event]) -> None:
-        conn.execute("INSERT OR REPLACE INTO write_checks (id, at) VALUES (1, ?)", (at,))
-
-    return write
 
 
 # name -> (write function, bare: runs after the group's transaction, the new job if the
@@ -594,8 +752,9 @@ def _write_check(at: int) -> WriteFn:
 _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
     "create_job": lambda job, key: (_create_job(job, key), False, job if key is None else None),
     "apply_outcomes": lambda outcomes: (_apply_outcomes(outcomes), False, None),
-    "apply_outcome": lambda outcome: (functools.partial(_apply_one_outcome, outcome=outcome), False, None),
     "retry_job": lambda job_id, at: (_retry_job(job_id, at), False, None),
+    "cancel_job": lambda job_id, at: (_cancel_job(job_id, at), False, None),
+    "retry_failed": lambda *args: (_retry_failed(*args), False, None),
     "prune_events": lambda older_than_ms: (_prune_events(older_than_ms), False, None),
     "ping": lambda at: (_write_check(at), False, None),
     "delete_settled_jobs": lambda *args: (_delete_settled_jobs(*args), False, None),
@@ -604,15 +763,13 @@ _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path` now, or None if there is none."""
+    """(device, inode) of the file at `path` now, or None if there is none (or it cannot
+    be reached any more)."""
     try:
         info = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return info.st_dev, info.st_ino
-
-
-_STOP = object()
 
 
 class Writer:
@@ -636,8 +793,8 @@ class Writer:
         self._path = path
         self._on_group = on_group
         self._on_fatal = on_fatal
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._ready: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()  # None: stop
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._identity: tuple[int, int] | None = None
         self._refusing: str | None = None  # why every write now fails
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
@@ -647,7 +804,7 @@ class Writer:
         self._thread.start()
         self._ready.result()
 
-    def submit(self, tag: object, name: str, args: tuple) -> None:
+    def submit(self, tag: object, name: str, args: tuple[Any, ...]) -> None:
         """Queue one operation. Safe from any thread."""
         fn, bare, new_job = _OPERATIONS[name](*args)
         self._queue.put(_Op(tag, fn, bare, new_job))
@@ -656,7 +813,7 @@ class Writer:
         """Commit what was submitted, checkpoint and truncate the WAL (so that `calo.db`
         alone holds everything), close. Idempotent; safe from any thread."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._queue.put(None)
             self._thread.join()
 
     def _run(self) -> None:
@@ -673,22 +830,24 @@ class Writer:
                 pass
             if self._refusing is None:
                 self._final_checkpoint(conn)
+        except BaseException as exc:  # never silently: the server hears it and restarts
+            self._refuse(f"the writer thread failed: {exc!r}")
+            raise
         finally:
             conn.close()
 
     def _next_group(self) -> tuple[list[_Op], bool]:
         """The operations waiting (at most MAX_GROUP), and whether stop was asked."""
         try:
-            group = [self._queue.get(timeout=IDLE_CHECK_SECONDS)]
+            queued = [self._queue.get(timeout=IDLE_CHECK_SECONDS)]
         except queue.Empty:
             return [], False
-        while len(group) < MAX_GROUP:
+        while len(queued) < MAX_GROUP:
             try:
-                group.append(self._queue.get_nowait())
+                queued.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        stopping = _STOP in group
-        return [op for op in group if op is not _STOP], stopping
+        return [op for op in queued if op is not None], None in queued
 
     def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
         """Commit the next group of operations; False once asked to stop."""
@@ -775,7 +934,7 @@ class Writer:
             try:
                 creates = [op for op in group if op.new_job is not None]
                 if creates:
-                    results = _insert_new_jobs(conn, events, [op.new_job for op in creates])
+                    results = _insert_new_jobs(conn, events, [op.new_job for op in creates if op.new_job])
                     completions.extend((op.tag, result, None) for op, result in zip(creates, results, strict=True))
                 completions.extend((op.tag, op.fn(conn, events), None) for op in group if op.new_job is None)
             except Exception:  # run again, isolated, by _commit
@@ -798,41 +957,3 @@ class Writer:
         conn.execute("RELEASE op")
         events.extend(own_events)
         return op.tag, result, None
-
-
-class LocalWriter(WriteRequests):
-    """The Writer in this process, answering with `concurrent.futures.Future`s: for tools
-    and tests that have no IOLoop. The server uses calo.writer_process instead."""
-
-    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
-        """`on_commit(events)` is called on the writer thread after each commit that
-        appended events, once that commit's futures are completed."""
-        self._on_commit = on_commit
-        self._writer = Writer(path, self._completed, on_fatal=self._fatal)
-
-    def start(self) -> None:
-        self._writer.start()
-
-    def stop(self) -> None:
-        """Commit what was submitted, then close. Idempotent; safe from any thread."""
-        self._writer.stop()
-
-    def _request(self, name: str, args: tuple) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._writer.submit(future, name, args)
-        return future
-
-    def _completed(self, completions: list[Completion], events: list[Event]) -> None:
-        for future, result, error in completions:
-            if not future.set_running_or_notify_cancel():
-                continue  # its caller cancelled it
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-        if events:
-            self._on_commit(events)
-
-    @staticmethod
-    def _fatal(reason: str) -> None:
-        print(f"calo-writer: {reason}", file=sys.stderr)

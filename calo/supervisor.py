@@ -32,13 +32,16 @@ class Supervisor:
         self._parts = parts
         self._on_fatal = on_fatal
         self._failed = False
-        self._callback = PeriodicCallback(self.check, CHECK_SECONDS * 1000)
+        self._callback = PeriodicCallback(self._check_now, CHECK_SECONDS * 1000)
 
     def start(self) -> None:
         self._callback.start()
 
     def stop(self) -> None:
         self._callback.stop()
+
+    def _check_now(self) -> None:
+        self.check()
 
     def check(self) -> list[str]:
         """The parts found dead (each is reported once, on the first check that sees it)."""

@@ -19,10 +19,11 @@ import json
 import os
 import random
 import threading
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 import requests
+
+from calo.sanitize import http_url, storable_image
 
 CONNECT_TIMEOUT = 3.05  # seconds; just over a multiple of 3, TCP's retransmit window
 READ_TIMEOUT = 10.0
@@ -69,48 +70,44 @@ class Fetched:
     rate_remaining: int | None = None  # X-Ratelimit-Remaining
 
 
-def http_url(value: Any) -> str | None:
-    """`value` if it is an absolute http(s) URL, else None."""
-    if not isinstance(value, str) or len(value) > 4096:
-        return None
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return None
-    return value if parts.scheme in ("http", "https") and parts.netloc else None
+class PhotoSource(Protocol):
+    """Where photos come from: `UnsplashSource`, `DemoSource`, or a wrapper of one
+    (`calo.metrics.MeteredSource`)."""
 
+    name: str  # "unsplash" or "demo"
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    def describe(self) -> str:
+        """One line for the operator: which source, and where."""
+        ...
 
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    def fetch(self, count: int) -> Fetched:
+        """Up to `count` photos; raises UpstreamError. Blocks: worker pool only."""
+        ...
 
 
 def image_from_photo(photo: Any) -> dict[str, Any] | None:
-    """The job's `image` object for one Unsplash photo, or None if it has no usable URL."""
+    """The job's `image` object for one Unsplash photo, made storable (calo.sanitize:
+    valid Unicode, capped lengths), or None if it has no usable http(s) URL."""
     if not isinstance(photo, dict):
         return None
-    urls = photo.get("urls") if isinstance(photo.get("urls"), dict) else {}
-    url = http_url(urls.get("regular"))
-    if url is None:
-        return None
-    user = photo.get("user") if isinstance(photo.get("user"), dict) else {}
-    user_links = user.get("links") if isinstance(user.get("links"), dict) else {}
-    links = photo.get("links") if isinstance(photo.get("links"), dict) else {}
-    return {
+    urls = _object(photo.get("urls"))
+    user = _object(photo.get("user"))
+    return storable_image({
         "source": "unsplash",
-        "url": url,
+        "url": http_url(urls.get("regular")),
         "thumb_url": http_url(urls.get("small")),
-        "width": _int(photo.get("width")),
-        "height": _int(photo.get("height")),
-        "color": _text(photo.get("color")),
-        "blur_hash": _text(photo.get("blur_hash")),
-        "alt": _text(photo.get("alt_description")),
-        "photographer": {"name": _text(user.get("name")), "profile_url": http_url(user_links.get("html"))},
-        "unsplash_url": http_url(links.get("html")),
-    }
+        "width": photo.get("width"),
+        "height": photo.get("height"),
+        "color": photo.get("color"),
+        "blur_hash": photo.get("blur_hash"),
+        "alt": photo.get("alt_description"),
+        "photographer": {"name": user.get("name"), "profile_url": _object(user.get("links")).get("html")},
+        "unsplash_url": _object(photo.get("links")).get("html"),
+    })
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _header_int(response: requests.Response, name: str) -> int | None:
@@ -148,9 +145,10 @@ class UnsplashSource:
         return f"unsplash ({self._endpoint.rsplit('/photos', 1)[0]})"
 
     def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def fetch(self, count: int) -> Fetched:
         """Up to `count` photos in one request (`count` is sent only when above 1)."""

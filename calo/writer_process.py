@@ -57,7 +57,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from calo.store import CommitUnknown, Completion, Event, NotRetryable, StoreError, Writer, WriteRequests, WriterBusy
+from calo.store import CommitUnknown, Completion, Event, StoreError, Writer, WriterBusy, WriteRequests, WrongStatus
 
 log = logging.getLogger("calo.writer")
 
@@ -104,15 +104,15 @@ class WriterProcess(WriteRequests):
         self._max_outstanding = max_outstanding
         self._max_unsent_bytes = max_unsent_bytes
         self._numbers = itertools.count()
-        self._waiting: dict[int, asyncio.Future] = {}  # sent or buffered, unanswered
+        self._waiting: dict[int, asyncio.Future[Any]] = {}  # sent or buffered, unanswered
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()  # in request order
         self._unsent: collections.deque[tuple[int, bytes]] = collections.deque()
         self._unsent_bytes = 0
         self._head_written = 0  # bytes of the first unsent frame already in the pipe
         self._inbox = bytearray()
         self._failure: str | None = None  # why writes fail, once they do
-        self._stopped: asyncio.Future | None = None
-        self._process: subprocess.Popen | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._requests_fd = self._results_fd = -1
         self._sweep_handle: asyncio.TimerHandle | None = None
 
@@ -182,12 +182,15 @@ class WriterProcess(WriteRequests):
 
     def _end(self, reason: str) -> None:
         """Kill the child if it still runs, answer every caller, release the pipes."""
-        if self._process.poll() is None:
-            self._process.kill()
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
         try:
-            self._process.wait(KILL_WAIT_SECONDS)
+            process.wait(KILL_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
-            log.error("the writer process %d did not end after SIGKILL", self._process.pid)
+            log.error("the writer process %d did not end after SIGKILL", process.pid)
         self._failure = self._failure or reason
         self._fail_all(reason)
         self._close_pipes()
@@ -195,8 +198,8 @@ class WriterProcess(WriteRequests):
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _request(self, name: str, args: tuple) -> asyncio.Future:
-        future = self._loop.create_future()
+    def _request(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
         if self._failure is not None:
             future.set_exception(StoreError(self._failure))
             return future
@@ -282,7 +285,7 @@ class WriterProcess(WriteRequests):
         for message in self._take_frames():
             self._dispatch(message)
 
-    def _take_frames(self) -> list[tuple]:
+    def _take_frames(self) -> list[tuple[Any, ...]]:
         messages, at = [], 0
         while len(self._inbox) - at >= _HEADER.size:
             (size,) = _HEADER.unpack_from(self._inbox, at)
@@ -293,7 +296,7 @@ class WriterProcess(WriteRequests):
         del self._inbox[:at]
         return messages
 
-    def _dispatch(self, message: tuple) -> None:
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
         """Complete a group's futures, then report its events."""
         kind = message[0]
         if kind == "group":
@@ -306,8 +309,8 @@ class WriterProcess(WriteRequests):
             self._stopped.set_result(None)
 
     def _complete(self, completions: list[Completion]) -> None:
-        for number, result, error in completions:
-            future = self._waiting.pop(number, None)
+        for tag, result, error in completions:
+            future = self._waiting.pop(tag, None) if isinstance(tag, int) else None
             if future is None or future.done():
                 continue  # ended by the time limit: its caller was told the outcome is unknown
             if error is None:
@@ -422,7 +425,7 @@ def _portable(error: BaseException | None) -> BaseException | None:
     """An error the parent can unpickle and the API knows: the store's own are kept,
     anything else becomes a StoreError that names it (an exception whose constructor
     does not take its own args back would otherwise fail in the parent's reader)."""
-    if error is None or type(error) in (NotRetryable, StoreError):
+    if error is None or type(error) is StoreError or isinstance(error, WrongStatus):
         return error
     return StoreError(f"write failed: {error!r}")
 

@@ -29,12 +29,12 @@ import time
 import pytest
 import requests
 
-from calo.jobs import Job, now_ms
+from calo.clock import now_ms
+from calo.jobs import Job
 from calo.logs import RateLimit
-from calo.store import Database, StoreError, Writer, WriterBusy
+from calo.store import Completion, Database, StoreError, Writer, WriterBusy
 from calo.writer_process import WriterProcess
-from tests.conftest import poll
-from tests.test_process import all_jobs
+from tests.helpers import all_jobs, poll
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300", "--delay-step", "5")
 NOT_STORED = {"storage_unavailable", "storage_busy", "too_many_pending_jobs", "shutting_down", "unavailable"}
@@ -403,14 +403,16 @@ def test_past_the_buffer_bound_writes_fail_at_once_and_the_rest_commit_after_sig
     loop = asyncio.new_event_loop()
     writer = WriterProcess(database.path, lambda events: None, loop, write_timeout=60, max_unsent_bytes=64 * 1024)
     writer.start()
-    os.kill(writer.pid, signal.SIGSTOP)
+    assert writer.pid is not None
+    child = writer.pid
+    os.kill(child, signal.SIGSTOP)
     try:
         futures = [writer.create_job(Job.new(300, now_ms())) for _ in range(2000)]
         refused = [future for future in futures if future.done()]
         assert refused and all(isinstance(future.exception(), WriterBusy) for future in refused)
         assert 200 < writer.outstanding() < 2000  # the pipe's 64 KiB and the buffer's, no more
     finally:
-        os.kill(writer.pid, signal.SIGCONT)
+        os.kill(child, signal.SIGCONT)
     assert loop.run_until_complete(writer.stop(10))
     waited = [future for future in futures if future not in refused]
     assert all(future.result().created for future in waited)  # committed once the writer ran again
@@ -422,7 +424,8 @@ def test_past_the_buffer_bound_writes_fail_at_once_and_the_rest_commit_after_sig
 
 def test_a_writer_that_cannot_hand_over_a_group_stops_taking_writes_loudly(tmp_path):
     database = Database(str(tmp_path))
-    groups, fatal = [], []
+    groups: list[list[Completion]] = []
+    fatal: list[str] = []
 
     def on_group(completions, events):
         groups.append(completions)
@@ -455,4 +458,4 @@ def test_a_repeating_log_line_is_let_through_a_few_times_per_interval():
     assert all(limit.filter(record("request: %s", logging.INFO)) for _ in range(10))  # info is never dropped
     now[0] = 10.0
     line = record("cannot accept: %s")
-    assert limit.filter(line) and line.suppressed == 97
+    assert limit.filter(line) and line.__dict__["suppressed"] == 97

@@ -39,6 +39,7 @@ setup(
             "schemathesis>=4.0,<5",  # property-based requests from the OpenAPI document
             "hypothesis>=6.100",
             "jsonschema>=4.18",
+            "websockets>=13,<18",  # a WebSocket client that is not Tornado's, for the /ws contract
             "playwright>=1.41,<2",  # drives Debian's chromium; never `playwright install`
         ],
     },

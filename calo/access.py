@@ -2,9 +2,11 @@
 
 Owns the access rules, in one place, for the REST handlers and the WebSocket:
 - With `CALO_API_TOKEN` set, requests that change something (POST) must carry
-  `Authorization: Bearer <token>`; with `--private`, every request must (the WebSocket,
-  which a browser cannot give headers, may pass it as `?access_token=`). Tokens are
-  compared in constant time.
+  `Authorization: Bearer <token>`; with `--private`, every request must. A browser cannot
+  give a WebSocket headers, so `/ws` also takes the token as a subprotocol it offers,
+  `Sec-WebSocket-Protocol: calo.v1, calo.bearer.<token as base64url, no padding>`
+  (`bearer_from_subprotocols`), and, discouraged because URLs end up in logs and
+  histories, as `?access_token=`. Tokens are compared in constant time.
 - Origins in `--allowed-origins` may open the WebSocket (besides the page's own origin,
   which Tornado's default check allows) and get CORS headers on the REST API. With no
   list there is no CORS at all.
@@ -15,13 +17,34 @@ Must never: log, echo or compare the token in a way that leaks it (no `==` on se
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hmac
+import re
 
 CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_EXPOSED = "Link, Location, Retry-After, X-Request-Id"
 CORS_MAX_AGE = "600"
+SUBPROTOCOL = "calo.v1"  # the one the server selects; never the bearer entry
+BEARER_SUBPROTOCOL = "calo.bearer."
+BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def bearer_from_subprotocols(offered: list[str]) -> str | None:
+    """The token a WebSocket client offered as `calo.bearer.<base64url>`; None when it
+    offered none, "" when the entry is not base64url of UTF-8 text (a wrong token)."""
+    entry = next((p for p in offered if p.startswith(BEARER_SUBPROTOCOL)), None)
+    if entry is None:
+        return None
+    encoded = entry[len(BEARER_SUBPROTOCOL):]
+    if not BASE64URL.fullmatch(encoded):
+        return ""
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +58,10 @@ class AccessPolicy:
             return False
         return self.private or method not in ("GET", "HEAD")
 
-    def token_ok(self, authorization: str | None, query_token: str | None = None) -> bool:
-        """Is the bearer token (header, or for the WebSocket the query) the right one?"""
-        given = query_token
+    def token_ok(self, authorization: str | None, other: str | None = None) -> bool:
+        """Is the bearer token the right one? From the Authorization header, else (for the
+        WebSocket) `other`: the subprotocol's or the query's token."""
+        given = other
         if authorization and authorization.startswith("Bearer "):
             given = authorization[len("Bearer "):]
         if self.token is None:

@@ -27,46 +27,29 @@ Must never: import sqlite3, touch the store or the scheduler directly, or send H
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Awaitable
-from typing import Any
 from urllib.parse import urlencode
 
 import tornado.web
 
 from calo.access import AccessPolicy
 from calo.jobs import STATUSES
-from calo.requestlog import LoggedByAccessLine
+from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
+from calo.errors import JSON_TYPE, ApiError, JsonErrors
 from calo.service import JobService, NotCancellable, NotRetryable, Overloaded, Resolving, StoreError, WrongStatus
 from calo.stats import StatsReport
 
-JSON_TYPE = "application/json; charset=utf-8"
 MAX_BODY_BYTES = 64 * 1024
 OVERLOAD_RETRY_AFTER_SECONDS = 5
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-ERROR_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "body_too_large", 503: "unavailable",
-}
-
-
-class ApiError(tornado.web.HTTPError):
-    """An error answered as JSON with a stable machine-readable `code`."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(status, log_message=message)
-        self.code = code
-        self.message = message
-        self.headers = headers or {}  # set on the error answer (send_error clears others)
 
 
 @tornado.web.stream_request_body  # so an oversized body is refused before it is read
-class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
+class ApiHandler(JsonErrors, tornado.web.RequestHandler):
     """Base for every JSON endpoint: access rules, body limit, errors as JSON."""
 
     def initialize(self, service: JobService, access: AccessPolicy) -> None:
@@ -121,18 +104,6 @@ class ApiHandler(LoggedByAccessLine, tornado.web.RequestHandler):
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(text)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(error, ApiError):
-            code, message = error.code, error.message
-            for name, value in error.headers.items():
-                self.set_header(name, value)
-        else:  # Tornado's own errors (405, a bad request line) and unexpected exceptions
-            code = ERROR_CODES.get(status_code, "internal_error" if status_code >= 500 else "error")
-            message = self._reason if status_code < 500 else "internal server error"
-        self.set_header("Content-Type", JSON_TYPE)
-        self.finish(json.dumps({"error": {"code": code, "message": message}}))
-
 
 def storage_unavailable(exc: StoreError) -> ApiError:
     """Nothing was committed (the disk or the writer failed): the client may try again,
@@ -148,42 +119,22 @@ class NotFoundHandler(ApiHandler):
         raise ApiError(404, "not_found", f"no such resource: {self.request.path}")
 
 
-def encode_cursor(num: int) -> str:
-    return base64.urlsafe_b64encode(f"n:{num}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, number = text.partition(":")
-        if kind == "n" and number.isdigit():
-            return int(number)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise ApiError(400, "bad_parameter", "cursor is not valid (use the Link header's URL)")
-
-
 class JobsHandler(ApiHandler):
     """GET lists jobs page by page; POST creates one."""
 
     def get(self) -> None:
-        status = self.get_query_argument("status", None)
+        status = query_argument(self, "status")
         if status is not None and status not in STATUSES:
             raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(STATUSES)}")
-        limit = self._limit()
-        cursor = self.get_query_argument("cursor", None)
+        raw_limit = query_argument(self, "limit")
+        limit = DEFAULT_LIMIT if raw_limit is None else whole_number(raw_limit, "limit", 1, MAX_LIMIT)
+        cursor = query_argument(self, "cursor")
         before = decode_cursor(cursor) if cursor is not None else None
         rows = self.service.jobs_page(status, limit + 1, before)  # one more: is there a next page?
         if len(rows) > limit:
             rows = rows[:limit]
             self._link_next(status, limit, rows[-1][0])
         self.write_json("[" + ",".join(doc for _, doc in rows) + "]")
-
-    def _limit(self) -> int:
-        raw = self.get_query_argument("limit", str(DEFAULT_LIMIT))
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-            raise ApiError(400, "bad_parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        return int(raw)
 
     def _link_next(self, status: str | None, limit: int, last_num: int) -> None:
         query = {"status": status} if status else {}
@@ -286,10 +237,9 @@ class JobEventsHandler(ApiHandler):
     """GET /jobs/{id}/events: the job's timeline, from the event log."""
 
     def get(self, job_id: str) -> None:
-        raw = self.get_query_argument("after", "0", strip=False)
-        if not (raw.isascii() and raw.isdigit()) or int(raw) >= 2**63:
-            raise ApiError(400, "bad_parameter", "after must be a whole number (an event seq)")
-        events = self.service.job_events(job_id, int(raw), EVENTS_PAGE + 1)
+        raw = query_argument(self, "after")
+        after = 0 if raw is None else whole_number(raw, "after")
+        events = self.service.job_events(job_id, after, EVENTS_PAGE + 1)
         if events is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         if len(events) > EVENTS_PAGE:

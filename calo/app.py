@@ -32,7 +32,7 @@ from calo.api import (
 from calo.config import Settings
 from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
-from calo.live import EventsSocket, Hub
+from calo.live import MAX_CLIENT_MESSAGE_BYTES, EventsSocket, Hub
 from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
 from calo.openapi import OpenApiHandler
 from calo.pages import IndexHandler
@@ -94,6 +94,7 @@ def make_app(
         default_handler_args=api,
         websocket_ping_interval=WEBSOCKET_PING_SECONDS,
         websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
+        websocket_max_message_size=MAX_CLIENT_MESSAGE_BYTES,  # refused from the frame header
         log_function=access_logger(access_log),  # logfmt lines with each X-Request-Id
     )
     app.add_transform(RequestIdTransform)

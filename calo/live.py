@@ -1,11 +1,19 @@
 """The live feed: the `/ws` WebSocket and the hub that fans committed events out to it.
 
 Owns the WebSocket protocol (README "Live updates"):
+- the upgrade: refusals are JSON like every error (426 not a WebSocket upgrade, 403 a
+  foreign origin, 401 no token under --private, 400 a bad `since`); the token comes as the
+  offered subprotocol `calo.bearer.<base64url>` (calo.access), and the server selects
+  `calo.v1` when it is offered, never the bearer entry;
 - first {"type": "hello", "seq": latest}; then, with `?since=N`, every retained event
   with seq > N in order, then live events, with no gap and no duplicate in between;
 - {"type": "reset", "seq": latest} instead of a replay when events after N were pruned;
 - an event is {"type": "job.created" | "job.resolved" | ..., "seq": N, "job": {...}};
   several events may come as one JSON array, in seq order.
+- from the client: {"type": "ping"} (other fields ignored) is answered {"type": "pong"};
+  any other text message is ignored; a binary message closes with 1003, one over
+  `MAX_CLIENT_MESSAGE_BYTES` with 1009 (Tornado refuses it from its frame header, before
+  reading the payload).
 
 How replay meets live without a gap: a socket registers with the hub BEFORE it reads the
 backlog. While it replays it ignores live events (they are committed before they are
@@ -25,13 +33,14 @@ import json
 import logging
 from typing import Any, NamedTuple
 
+import tornado.httputil
 import tornado.iostream
 from tornado.ioloop import IOLoop
-import tornado.web
 import tornado.websocket
 
-from calo.access import AccessPolicy
-from calo.requestlog import LoggedByAccessLine
+from calo.access import SUBPROTOCOL, AccessPolicy, bearer_from_subprotocols
+from calo.errors import ApiError, JsonErrors
+from calo.params import query_argument, whole_number
 from calo.service import JobService
 from calo.store import Event
 
@@ -41,6 +50,8 @@ COALESCE_SECONDS = 0.02  # events of commits this close together go out as one m
 SLICE = 250  # sockets served per IOLoop callback
 REPLAY_CHUNK = 500  # events read and sent per step of a replay
 MAX_BUFFERED_BYTES = 4 << 20  # per client: sent to Tornado but not yet on the wire
+MAX_CLIENT_MESSAGE_BYTES = 4096  # a ping is 15 bytes; the app's websocket_max_message_size
+PONG = '{"type":"pong"}'
 
 
 def encode_event(event: Event) -> str:
@@ -114,7 +125,23 @@ class Hub:
             socket.close(1001, "server shutting down")
 
 
-class EventsSocket(LoggedByAccessLine, tornado.websocket.WebSocketHandler):
+def client_message_type(message: str) -> str | None:
+    """The `type` of a client's JSON object message; None for anything else."""
+    try:
+        parsed = json.loads(message)
+    except (ValueError, RecursionError):  # at most 4 KiB, but 2,000 `[` still nest too deep
+        return None
+    kind = parsed.get("type") if isinstance(parsed, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def offered_subprotocols(request: tornado.httputil.HTTPServerRequest) -> list[str]:
+    """Every entry of every Sec-WebSocket-Protocol header, in order."""
+    values = request.headers.get_list("Sec-WebSocket-Protocol")
+    return [entry.strip() for value in values for entry in value.split(",") if entry.strip()]
+
+
+class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
     def initialize(self, service: JobService, hub: Hub, access: AccessPolicy) -> None:
         self.service = service
         self.hub = hub
@@ -128,14 +155,48 @@ class EventsSocket(LoggedByAccessLine, tornado.websocket.WebSocketHandler):
         return super().check_origin(origin) or self.access.origin_allowed(origin)
 
     def prepare(self) -> None:
+        """Refuse, as JSON, what Tornado's `get` would refuse as text, then check the
+        token and `since`. Tornado repeats its checks after this; they pass by then."""
+        self._check_upgrade()
+        if self._check_cross_origin(self.check_origin) is not None:
+            raise ApiError(403, "origin_not_allowed", "this origin may not open the WebSocket (see --allowed-origins)")
         if self.access.needs_token("GET") and not self.access.token_ok(
-            self.request.headers.get("Authorization"), self.get_query_argument("access_token", None)
+            self.request.headers.get("Authorization"), self._offered_token()
         ):
-            raise tornado.web.HTTPError(401, reason="this needs the API token")
-        since = self.get_query_argument("since", None)
-        if since is not None and not since.isdigit():
-            raise tornado.web.HTTPError(400, reason="since must be a whole number")
-        self.since = int(since) if since is not None else None
+            raise ApiError(401, "unauthorized", "this needs the API token: offer the subprotocols "
+                           f"'{SUBPROTOCOL}, calo.bearer.<token as base64url>'",
+                           {"WWW-Authenticate": 'Bearer realm="calo"'})
+        since = query_argument(self, "since")
+        self.since = whole_number(since, "since") if since is not None else None
+
+    def _check_upgrade(self) -> None:
+        headers = self.request.headers
+        connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
+        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            raise ApiError(426, "upgrade_required", "this is a WebSocket: upgrade the connection",
+                           {"Upgrade": "websocket"})
+        if headers.get("Sec-WebSocket-Version") != "13":
+            raise ApiError(426, "upgrade_required", "only WebSocket version 13 is spoken",
+                           {"Sec-WebSocket-Version": "13"})
+        if not headers.get("Sec-WebSocket-Key"):
+            raise ApiError(400, "bad_request", "Sec-WebSocket-Key is missing")
+
+    def _offered_token(self) -> str | None:
+        """The subprotocol's token, else the (discouraged) `?access_token=`."""
+        offered = bearer_from_subprotocols(offered_subprotocols(self.request))
+        return offered if offered is not None else self.get_query_argument("access_token", None)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """`calo.v1` when offered: a browser that offered subprotocols needs one chosen.
+        Never the bearer entry, which would echo the token."""
+        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+
+    def on_message(self, message: str | bytes) -> None:
+        """A ping is answered; other text is ignored (forward compatible); binary closes."""
+        if isinstance(message, bytes):
+            self.close(1003, "only JSON text messages are accepted")
+        elif client_message_type(message) == "ping":
+            self._send(PONG)
 
     async def open(self) -> None:
         self.hub.add(self)

@@ -58,16 +58,6 @@ class RequestIdTransform(tornado.web.OutputTransform):
         return status_code, headers, chunk
 
 
-class LoggedByAccessLine:
-    """Handler mixin: an HTTP error (4xx, or a 5xx raised on purpose) is logged once, by
-    its access line, not a second time by Tornado with the full URI (which may hold a
-    token). Unexpected exceptions are still logged with their traceback."""
-
-    def log_exception(self, typ, value, tb) -> None:  # type: ignore[no-untyped-def]
-        if not isinstance(value, tornado.web.HTTPError):
-            super().log_exception(typ, value, tb)  # type: ignore[misc]
-
-
 def access_logger(log_successes: bool):
     """Tornado's `log_function`: one line per finished request. Errors are always
     logged; successes at info level only with `--access-log` (else at debug level:

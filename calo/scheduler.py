@@ -31,13 +31,15 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from calo.jobs import PENDING, Outcome, iso_utc, now_ms
-from calo.store import StoreError, Writer
+from calo.store import NotStored, StoreError, Writer
 from calo.throttle import UpstreamGate
 from calo.unsplash import RateLimited, TransientError, UpstreamError
 
 log = logging.getLogger("calo.scheduler")
 
 STORE_RETRY_MS = 5000  # a job whose outcome could not be written is tried again this much later
+MAX_STORE_TRIES = 3  # outcomes of a job refused by the store (its data) before the job fails
+NOT_STORABLE = "result_not_storable"  # its error.code then
 
 
 class Scheduler:
@@ -67,6 +69,7 @@ class Scheduler:
         self._spares: collections.deque[dict[str, Any]] = collections.deque()  # fetched, unused
         self._in_flight = 0
         self._settling = 0  # outcomes handed to the writer, not yet confirmed
+        self._store_failures: dict[str, int] = {}  # job id -> its outcomes the store refused
         self._told_rate_limit_until = 0  # the rate-limit pause the waiting jobs were told of
         self._timer: object | None = None
         self._timer_at: int | None = None
@@ -257,11 +260,39 @@ class Scheduler:
             for outcome, _ in settled:
                 self.add(outcome.job_id, self._clock() + STORE_RETRY_MS)
             return
-        # A failed try that will be retried once the gate opens goes back in line.
-        retry = [(due_at, o.job_id) for (o, due_at), status in zip(settled, statuses, strict=True) if status == PENDING]
-        if retry:
-            self._ready.extend(retry)
+        retry, unwritable = [], []
+        for (outcome, due_at), status in zip(settled, statuses, strict=True):
+            if isinstance(status, NotStored):
+                unwritable.append((outcome, due_at, status.reason))
+            elif status == PENDING:  # a failed try, retried once the gate opens: back in line
+                retry.append((due_at, outcome.job_id))
+            else:
+                self._store_failures.pop(outcome.job_id, None)
+        self._ready.extend(retry)
+        self._not_stored(unwritable)
+        if retry or unwritable:
             self._pump()
+
+    def _not_stored(self, unwritable: list[tuple[Outcome, int, str]]) -> None:
+        """Outcomes whose data the store could not write (the rest of their batch was
+        written): the job goes back in line for another photo, up to MAX_STORE_TRIES
+        times, then fails with `result_not_storable`, logged once."""
+        final = []
+        for outcome, due_at, reason in unwritable:
+            tries = self._store_failures[outcome.job_id] = self._store_failures.get(outcome.job_id, 0) + 1
+            if outcome.error_code == NOT_STORABLE:  # even the failure cannot be written
+                log.critical("job %s cannot be written at all (%s); it stays pending until a restart",
+                             outcome.job_id, reason)
+                self._store_failures.pop(outcome.job_id, None)
+            elif tries < MAX_STORE_TRIES:
+                self._ready.append((due_at, outcome.job_id))
+            else:
+                log.error("job %s failed: its result could not be stored after %d tries (%s)",
+                          outcome.job_id, tries, reason)
+                message = f"the result could not be stored after {tries} tries"
+                final.append((Outcome(outcome.job_id, self._clock(), error_code=NOT_STORABLE,
+                                      error_message=message), due_at))
+        self._settle(final)
 
 
 def _log_write_failure(future: asyncio.Future) -> None:

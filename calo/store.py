@@ -241,11 +241,14 @@ class Database:
 
     def import_jobs(self, job_docs: list[str]) -> int:
         """Fill an EMPTY database with these job documents (from a JSON export), in one
-        transaction. Raises StoreError, changing nothing, if it already holds jobs."""
-        try:
-            jobs = [Job.from_json(doc) for doc in job_docs]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"import refused, a job in the export is not valid: {exc!r}") from None
+        transaction, their text made storable (`Job.from_export`). Raises StoreError,
+        changing nothing, if it already holds jobs or a job is not valid."""
+        jobs = []
+        for number, doc in enumerate(job_docs, start=1):
+            try:
+                jobs.append(Job.from_export(json.loads(doc)))
+            except (ValueError, RecursionError) as exc:
+                raise StoreError(f"import refused, job {number} of the export is not valid: {exc}") from None
         conn = _connect(self.path, readonly=False)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -468,9 +471,38 @@ def _apply_one_outcome(conn: sqlite3.Connection, events: list[Event], outcome: O
     return job.status
 
 
+class NotStored(NamedTuple):
+    """An outcome whose job could not be written with it (its data, not the database,
+    was at fault); the job was left as it was. `reason` is one line for the log."""
+
+    reason: str
+
+
+# What a job's data can raise on its way into SQLite (text that is not valid UTF-8, an
+# integer past 64 bits, a document that is not JSON). The database's own failures
+# (sqlite3.OperationalError: disk full, I/O error, locked) fail the whole group instead.
+_DATA_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, sqlite3.DataError, sqlite3.IntegrityError)
+
+
+def _apply_isolated(conn: sqlite3.Connection, events: list[Event], outcome: Outcome) -> str | None | NotStored:
+    """Apply one outcome in its own savepoint: if its data cannot be written, only its
+    own changes are undone and the others of its batch still commit."""
+    own_events: list[Event] = []
+    conn.execute("SAVEPOINT outcome")
+    try:
+        status = _apply_one_outcome(conn, own_events, outcome)
+    except _DATA_ERRORS as exc:
+        conn.execute("ROLLBACK TO outcome")
+        conn.execute("RELEASE outcome")
+        return NotStored(f"{type(exc).__name__}: {ascii(str(exc))[1:-1][:300]}")
+    conn.execute("RELEASE outcome")
+    events.extend(own_events)
+    return status
+
+
 def _apply_outcomes(outcomes: list[Outcome]) -> WriteFn:
-    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None]:
-        return [_apply_one_outcome(conn, events, outcome) for outcome in outcomes]
+    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None | NotStored]:
+        return [_apply_isolated(conn, events, outcome) for outcome in outcomes]
 
     return write
 
@@ -620,8 +652,9 @@ class WriteRequests:
         return self._request("create_job", (job, idempotency_key))
 
     def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
-        """Future of each job's new status (None where it was not pending), in order:
-        one operation (and one wake-up of the caller) for a whole batch of photos."""
+        """Future of each job's new status (None where it was not pending, `NotStored`
+        where that outcome's data could not be written), in order: one operation (and
+        one wake-up of the caller) for a whole batch of photos, each outcome isolated."""
         return self._request("apply_outcomes", (outcomes,))
 
     def apply_outcome(self, outcome: Outcome) -> AnyFuture:

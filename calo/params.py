@@ -1,0 +1,63 @@
+"""Query parameters: the one way a request's numbers, cursors and single values are read.
+
+Owns what a well-formed parameter is, for every route (REST and the WebSocket):
+- a whole number is ASCII digits only (`str.isdigit()` also takes "²", "١" and "５",
+  which `int()` then refuses or reads), without sign, space or underscore, and within the
+  range the caller names (never past SQLite's 64-bit integers);
+- a parameter given twice (`?limit=5&limit=6`) is refused, not silently narrowed to one;
+- a cursor is the URL-safe base64 of `n:<whole number>`, as the Link header gives it.
+Every refusal is `ApiError(400, "bad_parameter", ...)` naming the parameter.
+
+Threads: pure functions, safe anywhere.
+Must never: let a value through that SQLite or `int()` could choke on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import tornado.web
+
+from calo.errors import ApiError
+
+MAX_INT64 = (1 << 63) - 1
+ASCII_DIGITS = re.compile(r"[0-9]{1,19}")  # 19 digits: the most a 64-bit value has
+
+
+def bad_parameter(name: str, wanted: str) -> ApiError:
+    return ApiError(400, "bad_parameter", f"{name} must be {wanted}")
+
+
+def whole_number(text: str, name: str, low: int = 0, high: int = MAX_INT64) -> int:
+    """`text` as an int from `low` to `high`; ApiError 400 if it is anything else."""
+    if ASCII_DIGITS.fullmatch(text):
+        value = int(text)
+        if low <= value <= high:
+            return value
+    raise bad_parameter(name, f"a whole number from {low} to {high} (ASCII digits)")
+
+
+def query_argument(handler: tornado.web.RequestHandler, name: str) -> str | None:
+    """The query parameter `name`, or None when absent; ApiError 400 when repeated."""
+    values = handler.get_query_arguments(name, strip=False)  # " 1" is not a number
+    if len(values) > 1:
+        raise bad_parameter(name, "given once")
+    return values[0] if values else None
+
+
+def encode_cursor(num: int) -> str:
+    """The opaque `cursor` for the page after the job numbered `num`."""
+    return base64.urlsafe_b64encode(f"n:{num}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The job number a cursor from `encode_cursor` names; ApiError 400 for any other text."""
+    try:
+        kind, _, number = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii").partition(":")
+        if kind == "n":
+            return whole_number(number, "cursor", 1)
+    except (binascii.Error, UnicodeDecodeError, ValueError, ApiError):
+        pass
+    raise ApiError(400, "bad_parameter", "cursor is not valid (use the Link header's URL)")

@@ -1,8 +1,10 @@
 // api.js — owns every HTTP call to the Calo Jobs REST API: a 10 s
 // AbortController timeout on each request, decoding of JSON error bodies
 // ({"error": {"code", "message"}}) into ApiError, Retry-After, and paging via
-// the Link: <...>; rel="next" header. No DOM and no client state here.
+// the Link: <...>; rel="next" header, and the API token on every call (a 401
+// is reported to auth.js's listener, which asks for it). No DOM here.
 
+import { authHeaders, reportUnauthorized } from './auth.js';
 import { noteServerDate } from './util.js';
 
 export const TIMEOUT_MS = 10_000;
@@ -41,7 +43,7 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
     try {
       res = await fetch(path, {
         method,
-        headers: { Accept: 'application/json', ...headers },
+        headers: { Accept: 'application/json', ...authHeaders(), ...headers },
         body,
         signal: ctrl.signal,
         cache: 'no-store',
@@ -63,7 +65,7 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
     }
     if (!res.ok) {
       const e = data && typeof data === 'object' ? data.error : null;
-      throw new ApiError(
+      const err = new ApiError(
         (e && typeof e.message === 'string' && e.message) || `The server answered ${res.status}.`,
         {
           status: res.status,
@@ -71,6 +73,8 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
           retryAfterMs: parseRetryAfter(res.headers.get('Retry-After')),
         },
       );
+      if (res.status === 401) reportUnauthorized(err);
+      throw err;
     }
     return { data, res };
   } finally {

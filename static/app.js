@@ -7,6 +7,7 @@
 // render per animation frame.
 
 import * as api from './api.js';
+import { onUnauthorized, setToken, token } from './auth.js';
 import { StatsFeed, StatusStrip, upstreamNotice } from './dashboard.js';
 import { LiveSync } from './live.js';
 import { CreateQueue } from './queue.js';
@@ -252,6 +253,43 @@ confirmDialog.addEventListener('close', async () => {
   }
 });
 
+/* ------------------------------------------------------------ API token */
+
+const tokenDialog = $('#token-dialog');
+const authBanner = $('#auth-banner');
+let tokenRejected = false;
+
+/** A 401: ask for the token (saying so if the one we sent was refused). */
+onUnauthorized(() => {
+  tokenRejected = token() != null;
+  authBanner.hidden = false;
+  if (!tokenDialog.open) askToken();
+});
+
+function askToken() {
+  $('#token-error').hidden = !tokenRejected;
+  $('#token-input').value = '';
+  tokenDialog.returnValue = '';
+  tokenDialog.showModal();
+}
+
+tokenDialog.addEventListener('close', () => {
+  const value = $('#token-input').value.trim();
+  $('#token-input').value = '';
+  if (tokenDialog.returnValue !== 'save' || !value) return;
+  setToken(value);
+  tokenRejected = false;
+  authBanner.hidden = true;
+  // Everything that was refused goes again, now with the token.
+  bootGrace = false;
+  live.restart();
+  queue.flush();
+  statsFeed.refreshSoon();
+  store.setLoading(listFilter, false, null);
+  ensureLoaded();
+  if (route.name === 'detail') { refreshDetail(); loadTimeline(); }
+});
+
 /* ------------------------------------------------------- stats + banners */
 
 const upstreamBanner = $('#upstream-banner');
@@ -274,7 +312,10 @@ let connBannerTimer = null;
 function renderConnBanner(state) {
   clearTimeout(connBannerTimer);
   if (state !== 'reconnecting') { $('#conn-banner').hidden = true; return; }
-  connBannerTimer = setTimeout(() => { $('#conn-banner').hidden = live.state !== 'reconnecting'; }, RECONNECT_BANNER_MS);
+  // While the token is missing the socket is refused: the token banner says why.
+  connBannerTimer = setTimeout(() => {
+    $('#conn-banner').hidden = live.state !== 'reconnecting' || !authBanner.hidden;
+  }, RECONNECT_BANNER_MS);
 }
 
 const tzToggle = $('#tz-toggle');
@@ -460,6 +501,7 @@ $('#retry-load').addEventListener('click', () => {
 });
 $('#retry-queue').addEventListener('click', () => queue.flush());
 $('#reconnect-now').addEventListener('click', () => live.retryNow());
+$('#enter-token').addEventListener('click', askToken);
 retryAllBtn.addEventListener('click', askRetryAll);
 window.addEventListener('online', () => { queue.flush(); ensureLoaded(); });
 document.addEventListener('keydown', (e) => {

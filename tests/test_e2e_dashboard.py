@@ -19,15 +19,11 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import ServerProcess, poll
 from tests.e2e_helpers import WAIT_MS, wait_until_loaded
-from tests.test_e2e import (  # noqa: F401  (fixtures: browser, page, seen)
-    RECONNECT_MS,
-    api_jobs,
-    browser,
-    card,
-    open_dashboard,
-    page,
-    seen,
-)
+from tests import test_e2e
+from tests.test_e2e import RECONNECT_MS, api_jobs, card, open_dashboard
+
+# The same fixtures as tests/test_e2e.py: one browser per module, a fresh context per test.
+browser, page, seen = test_e2e.browser, test_e2e.page, test_e2e.seen
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +173,8 @@ def test_counts_and_charts_move_as_jobs_resolve(server_process, page):
     expect(strip).to_have_attribute("data-resolved", "3")
     for chart in ("chart-activity", "chart-lateness"):
         expect(page.get_by_test_id(chart).locator("canvas")).to_have_count(1)
-    expect(page.get_by_test_id("chart-activity")).to_have_attribute("aria-label", re.compile(r"3 jobs created and 3 resolved"))
+    activity = page.get_by_test_id("chart-activity")
+    expect(activity).to_have_attribute("aria-label", re.compile(r"3 jobs created and 3 resolved"))
     expect(page.get_by_test_id("chart-lateness")).to_have_attribute("aria-label", re.compile(r"after their due time"))
     expect(page.get_by_test_id("lateness").first).to_contain_text("after due")
 
@@ -271,12 +268,14 @@ def test_phone_width_keeps_the_name_the_dots_and_every_card_footer(server_proces
             if (el.scrollWidth > el.clientWidth + 1) out.push(`${what}: ${el.textContent.trim().slice(0, 40)}`);
           };
           check(document.documentElement, 'page');
-          document.querySelectorAll('.brand, .brand-name, .topbar-actions, .tab, .tile').forEach((el) => check(el, el.className));
+          const boxes = '.brand, .brand-name, .topbar-actions, .tab, .tile';
+          document.querySelectorAll(boxes).forEach((el) => check(el, el.className));
           document.querySelectorAll('.card-meta, .card-row, .card-body').forEach((el) => check(el, el.className));
           const vw = document.documentElement.clientWidth;
           document.querySelectorAll('.topbar-inner *, .card-action').forEach((el) => {
             const r = el.getBoundingClientRect();
-            if (r.width && (r.right > vw + 0.5 || r.left < -0.5)) out.push(`off screen: ${el.className.baseVal ?? el.className}`);
+            const name = el.className.baseVal ?? el.className;
+            if (r.width && (r.right > vw + 0.5 || r.left < -0.5)) out.push(`off screen: ${name}`);
           });
           return out;
         }""")
@@ -323,3 +322,58 @@ def test_no_serious_accessibility_violation_on_the_list_detail_and_empty_views(s
         assert focused == "filter-pending"  # the tabs are reachable by keyboard, in order
     finally:
         context.close()
+
+
+# -- the API token --------------------------------------------------------------------------
+
+TOKEN = "s3cret-t0ken-for-the-page"
+
+
+def give_token(page: Page, value: str) -> None:
+    dialog = page.get_by_test_id("token-dialog")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    page.get_by_test_id("token-input").fill(value)
+    page.get_by_test_id("token-save").click()
+
+
+def test_private_server_asks_for_the_token_once_per_tab_and_never_puts_it_in_a_url(server_process, page):
+    server = server_process(*SHORT, "--private", env={"CALO_API_TOKEN": TOKEN})
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.goto(server.url + "/")
+    give_token(page, "not-the-token")
+    expect(page.get_by_test_id("token-error")).to_be_visible(timeout=WAIT_MS)  # says plainly it is wrong
+    give_token(page, TOKEN)
+    expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=RECONNECT_MS)
+    expect(page.get_by_test_id("token-dialog")).to_be_hidden()
+    expect(page.get_by_test_id("auth-banner")).to_be_hidden()
+
+    page.get_by_test_id("create-job").click()
+    item = page.get_by_test_id("job-item")
+    expect(item).to_have_attribute("data-status", "resolved", timeout=WAIT_MS)
+    expect(page.get_by_test_id("stat-total")).to_have_text("1", timeout=WAIT_MS)
+    item.click()
+    expect(page.get_by_test_id("timeline").locator("li")).to_have_count(2, timeout=WAIT_MS)
+
+    page.reload()  # kept for the tab's session: no second prompt
+    expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=WAIT_MS)
+    expect(page.get_by_test_id("token-dialog")).to_be_hidden()
+    assert not [url for url in urls if TOKEN in url or "access_token" in url]
+    assert any(urlsplit(url).path == "/ws" for url in urls)
+
+    other_tab = page.context.new_page()  # a new tab's session starts without it
+    other_tab.goto(server.url + "/")
+    expect(other_tab.get_by_test_id("token-dialog")).to_be_visible(timeout=WAIT_MS)
+    other_tab.close()
+
+
+def test_a_token_for_writes_only_is_asked_for_when_creating_a_job(server_process, page):
+    server = server_process(*SHORT, env={"CALO_API_TOKEN": TOKEN})
+    open_dashboard(page, server)  # reads need no token
+    expect(page.get_by_test_id("token-dialog")).to_be_hidden()
+    page.get_by_test_id("create-job").click()
+    give_token(page, TOKEN)
+    item = page.get_by_test_id("job-item")
+    expect(item).to_have_attribute("data-status", "resolved", timeout=WAIT_MS)
+    assert len(api_jobs(server)) == 1  # the press was kept, sent once with the token

@@ -521,11 +521,10 @@ export class DetailView {
         h('h1', { class: 'detail-title', tabindex: '-1' }, 'Job ', h('code', { text: job.id })),
         badge(job.status), actionBtn),
       h('div', { class: 'detail-grid' },
-        h('div', { class: 'detail-media' }, media),
-        h('div', { class: 'detail-side' },
-          h('section', { class: 'panel', 'aria-label': 'Job details' }, h('dl', { class: 'facts' }, rows)),
+        h('div', { class: 'detail-media' }, media,
           h('section', { class: 'panel timeline-panel', 'aria-labelledby': 'timeline-title' },
-            h('h2', { class: 'panel-title', id: 'timeline-title', text: 'Timeline' }), this.timelineBox))));
+            h('h2', { class: 'panel-title', id: 'timeline-title', text: 'Timeline' }), this.timelineBox)),
+        h('section', { class: 'panel', 'aria-label': 'Job details' }, h('dl', { class: 'facts' }, rows))));
   }
 }
 

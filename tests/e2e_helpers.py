@@ -2,7 +2,8 @@
 
 Owns: where the browser is and how it is launched (Debian's `chromium`, driven by
 Playwright's own driver; Playwright never downloads a browser here), and
-`take_screenshot`, run by hand to remake `docs/screenshot.png`:
+`take_screenshot`, run by hand to remake `docs/screenshot.png` and
+`docs/screenshot-detail.png`:
 
     python3 -m tests.e2e_helpers docs/screenshot.png
 
@@ -64,34 +65,42 @@ def wait_until_loaded(page: Page, selector: str) -> None:
 
 
 def take_screenshot(path: str) -> None:
-    """The dashboard at 1280x900 with resolved jobs (photos from the fake Unsplash) and
-    two still pending. Starts its own fake Unsplash and servers in a temporary data dir."""
-    from tests.conftest import ServerProcess, poll, server_environ
-    from tests.fake_unsplash import FakeUnsplash
+    """The dashboard 1280 px wide in demo mode (the bundled images, as a first run with no
+    Unsplash key shows them): ten resolved jobs, one cancelled, two still pending, the
+    status strip with its charts; and, next to it (`-detail` before the extension), one
+    job's detail view with its timeline. Starts its own servers in a temporary data dir."""
+    from tests.conftest import ServerProcess, poll
 
-    with FakeUnsplash() as fake, tempfile.TemporaryDirectory() as data_dir:
-        environ = server_environ(fake, data_dir)
-        server = ServerProcess(environ, ["--delay-min", "1", "--delay-max", "3", "--delay-step", "1"]).start()
+    with tempfile.TemporaryDirectory() as data_dir:
+        environ = {"CALO_DATA_DIR": data_dir, "CALO_UNSPLASH_ACCESS_KEY": ""}
+        server = ServerProcess(environ, ["--delay-min", "1", "--delay-max", "4", "--delay-step", "1"]).start()
         try:
-            for _ in range(6):
+            for _ in range(10):
                 server.post("/jobs").raise_for_status()
-            poll(lambda: len(server.get("/jobs?status=resolved").json()) == 6, timeout=20)
+            poll(lambda: len(server.get("/jobs?status=resolved").json()) == 10, timeout=20)
         finally:
             server.terminate()
-        # Restarted with long delays, so the last two jobs stay pending in the picture.
-        pending_delays = ["--delay-min", "95", "--delay-max", "240", "--delay-step", "5"]
-        server = ServerProcess(environ, pending_delays).start()
+        # Restarted with long delays, so the last jobs stay pending (and one is cancelled).
+        server = ServerProcess(environ, ["--delay-min", "95", "--delay-max", "240", "--delay-step", "5"]).start()
         try:
-            for _ in range(2):
-                server.post("/jobs").raise_for_status()
+            jobs = [server.post("/jobs").json()["id"] for _ in range(3)]
+            server.post(f"/jobs/{jobs[0]}/cancel").raise_for_status()
             with sync_playwright() as playwright:
                 browser = launch_chromium(playwright)
-                page = browser.new_page(viewport=DESKTOP, color_scheme="light")
+                # Tall enough for the status strip and three rows of jobs.
+                page = browser.new_page(viewport={"width": 1280, "height": 1460}, color_scheme="light")
                 page.goto(server.url + "/")
                 expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=WAIT_MS)
-                expect(page.get_by_test_id("job-item")).to_have_count(8, timeout=WAIT_MS)
+                expect(page.get_by_test_id("job-item")).to_have_count(13, timeout=WAIT_MS)
+                expect(page.get_by_test_id("stat-total")).to_have_text("13", timeout=WAIT_MS)
                 wait_until_loaded(page, "[data-testid=job-item] img")
                 page.screenshot(path=path, animations="disabled")  # entrance animations finished
+                page.locator("[data-testid=job-item][data-status=resolved]").nth(2).click()
+                expect(page.get_by_test_id("timeline").locator("li")).to_have_count(2, timeout=WAIT_MS)
+                wait_until_loaded(page, "[data-testid=job-detail] img")
+                root, extension = os.path.splitext(path)
+                page.set_viewport_size({"width": 1280, "height": 1000})
+                page.screenshot(path=f"{root}-detail{extension}", animations="disabled")
                 browser.close()
         finally:
             server.terminate()

@@ -1,7 +1,8 @@
 """Headless Chromium for the browser tests, and the README's screenshot.
 
 Owns: where the browser is and how it is launched (Debian's `chromium`, driven by
-Playwright's own driver; Playwright never downloads a browser here), and
+Playwright's own driver; Playwright never downloads a browser here), what the browser
+tests share (opening the dashboard, finding a job's card, what a page must never do), and
 `take_screenshot`, run by hand to remake `docs/screenshot.png` and
 `docs/screenshot-detail.png`:
 
@@ -13,11 +14,16 @@ unless asked to on the command line (the test suite only imports the launch help
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
+from typing import TYPE_CHECKING, Any
 
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, ViewportSize, expect, sync_playwright
+
+if TYPE_CHECKING:
+    from tests.helpers import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 # No sandbox: the tests run as root in a container. The rest keeps Chromium off the
@@ -35,8 +41,9 @@ MISSING_CHROMIUM = (
     f"{CHROMIUM} not found: the browser tests need Debian's chromium. "
     "Run `bash scripts/test.sh`, which installs it (apt-get install chromium)."
 )
-DESKTOP = {"width": 1280, "height": 900}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 WAIT_MS = 15_000  # the longest any expectation waits for the page
+RECONNECT_MS = 20_000  # static/live.js backs off up to 15 s between reconnects
 
 
 def chromium_missing() -> bool:
@@ -49,6 +56,30 @@ def launch_chromium(playwright: Playwright) -> Browser:
     if chromium_missing():
         raise FileNotFoundError(MISSING_CHROMIUM)
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+@dataclasses.dataclass
+class Seen:
+    """What the page did that a test never wants: dialogs and uncaught errors."""
+
+    dialogs: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+def open_dashboard(page: Page, server: ServerProcess) -> None:
+    page.goto(server.url + "/")
+    expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=WAIT_MS)
+
+
+def api_jobs(server: ServerProcess) -> list[dict[str, Any]]:
+    response = server.get("/jobs?limit=1000")
+    response.raise_for_status()
+    jobs: list[dict[str, Any]] = response.json()
+    return jobs
+
+
+def card(page: Page, job_id: str) -> Locator:
+    return page.locator(f'[data-testid=job-item][data-job-id="{job_id}"]')
 
 
 def wait_until_loaded(page: Page, selector: str) -> None:
@@ -69,7 +100,7 @@ def take_screenshot(path: str) -> None:
     Unsplash key shows them): ten resolved jobs, one cancelled, two still pending, the
     status strip with its charts; and, next to it (`-detail` before the extension), one
     job's detail view with its timeline. Starts its own servers in a temporary data dir."""
-    from tests.conftest import ServerProcess, poll
+    from tests.helpers import ServerProcess, poll
 
     with tempfile.TemporaryDirectory() as data_dir:
         environ = {"CALO_DATA_DIR": data_dir, "CALO_UNSPLASH_ACCESS_KEY": ""}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, poll
+from tests.helpers import ROOT, poll
 
 RULES = os.path.join(ROOT, "deploy", "prometheus", "calo-alerts.yml")
 RULE_TESTS = os.path.join(ROOT, "deploy", "prometheus", "calo-alerts.test.yml")

@@ -17,13 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import ServerProcess, poll
-from tests.e2e_helpers import WAIT_MS, wait_until_loaded
-from tests import test_e2e
-from tests.test_e2e import RECONNECT_MS, api_jobs, card, open_dashboard
-
-# The same fixtures as tests/test_e2e.py: one browser per module, a fresh context per test.
-browser, page, seen = test_e2e.browser, test_e2e.page, test_e2e.seen
+from tests.e2e_helpers import RECONNECT_MS, WAIT_MS, api_jobs, card, open_dashboard, wait_until_loaded
+from tests.helpers import ServerProcess, poll
 
 pytestmark = pytest.mark.e2e
 

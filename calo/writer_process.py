@@ -130,6 +130,11 @@ class WriterProcess(WriteRequests):
 
     # -- start and stop ----------------------------------------------------------------------
 
+    @property
+    def failure(self) -> str | None:
+        """Why every write fails (the child died), or None while it works."""
+        return self._failure
+
     def start(self) -> None:
         """Start the child and wait until its connection is open; raises StoreError.
         A fresh interpreter runs this module (`python -m`): no fork of a threaded

@@ -226,6 +226,8 @@ def _check_together(settings: Settings) -> None:
             f"--delay-min ({settings.delay_min:g}) must not be greater than "
             f"--delay-max ({settings.delay_max:g})"
         )
+    if settings.write_timeout <= 0:
+        raise ConfigError("--write-timeout must be greater than 0")
     if settings.delay_step <= 0:
         raise ConfigError("--delay-step must be greater than 0")
     if settings.unsplash_batch > 30:

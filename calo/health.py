@@ -6,8 +6,9 @@ Owns the checks and their two endpoints (JSON, `Cache-Control: no-store`):
 - GET /readyz -> 200 when every required check passes, else 503, with
   {"ready": bool, "checks": {"database": {"ok", ...}, "recovery": {"ok", ...},
    "scheduler": {"ok", "next_due_at", "oldest_overdue", ...}, "upstream": {"state", ...}}}.
-  Required: the database takes a write (an empty transaction through the writer process,
-  within `WRITE_CHECK_SECONDS`), start-up recovery has run, the scheduler keeps up, and
+  Required: the database takes a real write (the one row of `write_checks` rewritten
+  through the writer process, within `WRITE_CHECK_SECONDS`: a full disk, a removed
+  database or a stopped writer shows here), start-up recovery has run, the scheduler keeps up, and
   the server is not shutting down.
 
 The scheduler is stuck when the pending job due first has waited more than `stuck_after`
@@ -86,9 +87,9 @@ class Health:
         return ready, {"ready": ready, "shutting_down": self.shutting_down, "checks": checks}
 
     async def database(self) -> dict[str, Any]:
-        """Does an (empty) write transaction commit in time?"""
+        """Does a real write (one row rewritten) commit in time?"""
         started = time.monotonic()
-        # shield: on a timeout the ping stays queued and completes later, unobserved.
+        # shield: on a timeout the ping stays queued; the writer ends it within --write-timeout.
         ping = asyncio.shield(self._writer.ping())
         try:
             await asyncio.wait_for(ping, WRITE_CHECK_SECONDS)

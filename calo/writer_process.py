@@ -276,6 +276,7 @@ class WriterProcess(WriteRequests):
     # -- results --------------------------------------------------------------------------------
 
     def _read_results(self) -> None:
+        ended = False
         while True:
             try:
                 chunk = os.read(self._results_fd, 1 << 16)
@@ -284,11 +285,13 @@ class WriterProcess(WriteRequests):
             except OSError:
                 chunk = b""
             if not chunk:
-                self._child_died()
-                return
+                ended = True
+                break
             self._inbox += chunk
-        for message in self._take_frames():
+        for message in self._take_frames():  # the child's last answers come just before its end
             self._dispatch(message)
+        if ended:
+            self._child_died()
 
     def _take_frames(self) -> list[tuple[Any, ...]]:
         messages, at = [], 0
@@ -338,8 +341,10 @@ class WriterProcess(WriteRequests):
     def _child_died(self) -> None:
         if self._process is None or self._results_fd < 0:
             return
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)  # stop() ends it and answers everyone
+        self._loop.remove_reader(self._results_fd)
+        if self._stopped is not None:
+            if not self._stopped.done():
+                self._stopped.set_result(None)  # stop() ends it and answers everyone
             return
         if self._process.poll() is None:  # it closed its pipe but lives on: end it
             self._process.kill()
@@ -348,7 +353,6 @@ class WriterProcess(WriteRequests):
         first = self._failure is None
         self._failure = self._failure or reason
         self._fail_all(reason)
-        self._loop.remove_reader(self._results_fd)
         if first:
             self._on_death(reason)
 

@@ -5,6 +5,10 @@ import os
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# `pip install .[postgres]`: the PostgreSQL backend (--database-url postgresql://...).
+# psycopg 3 speaks asyncio natively (reads and writes on the IOLoop, LISTEN for new
+# events); the binary wheel bundles libpq, so no compiler or libpq-dev is needed.
+POSTGRES = ["psycopg[binary]>=3.1,<4", "psycopg-pool>=3.2,<4"]
 
 
 def web_files(top):
@@ -41,7 +45,9 @@ setup(
             "jsonschema>=4.18",
             "websockets>=13,<18",  # a WebSocket client that is not Tornado's, for the /ws contract
             "playwright>=1.41,<2",  # drives Debian's chromium; never `playwright install`
+            *POSTGRES,  # the PostgreSQL tests run in CI too
         ],
+        "postgres": POSTGRES,
     },
     entry_points={"console_scripts": ["calo-server = calo.cli:main"]},
 )

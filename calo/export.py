@@ -25,7 +25,7 @@ import tempfile
 import threading
 
 from calo.jobs import iso_utc, now_ms
-from calo.store import Database
+from calo.storage.base import ExportReader, Storage
 
 log = logging.getLogger("calo.export")
 
@@ -55,9 +55,9 @@ def write_atomically(path: str, write_body) -> None:
 
 
 class JsonExporter:
-    def __init__(self, database: Database, interval: float = 1.0):
-        self.path = os.path.join(database.data_dir, EXPORT_FILE)
-        self._database = database
+    def __init__(self, storage: Storage, data_dir: str, interval: float = 1.0):
+        self.path = os.path.join(data_dir, EXPORT_FILE)
+        self._storage = storage
         self._interval = interval
         self._changed = threading.Event()
         self._stopping = threading.Event()
@@ -83,7 +83,7 @@ class JsonExporter:
         self._thread.join()
 
     def _run(self) -> None:
-        reader = self._database.reader()
+        reader = self._storage.export_reader()
         try:
             while True:
                 self._changed.wait()
@@ -102,7 +102,7 @@ class JsonExporter:
         so that exporting takes at most 1/(PACING + 1) of the time (and of the GIL)."""
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
-    def _export_logged(self, reader) -> None:
+    def _export_logged(self, reader: ExportReader) -> None:
         started, ok = now_ms(), False
         try:
             self.export(reader)
@@ -111,7 +111,7 @@ class JsonExporter:
             log.error("JSON export to %s failed: %s", self.path, exc)
         self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
 
-    def export(self, reader) -> int:
+    def export(self, reader: ExportReader) -> int:
         """Write every job to `jobs.json`; returns how many."""
         count = 0
 

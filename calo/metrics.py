@@ -31,11 +31,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from tornado.ioloop import IOLoop
 
 from calo.export import JsonExporter
-from calo.health import Health, OpsHandler
+from calo.health import Health, OpsHandler, StoreError
 from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, STATUSES
 from calo.live import Hub
 from calo.scheduler import Scheduler
-from calo.store import Event, Reader
+from calo.storage.base import Event
 from calo.throttle import UpstreamGate
 from calo.unsplash import Fetched, UpstreamError
 from calo.upkeep import Upkeep
@@ -148,10 +148,10 @@ class LiveCollector:
     """Reads the running parts when Prometheus scrapes. IOLoop thread only."""
 
     def __init__(
-        self, *, reader: Reader, scheduler: Scheduler, source: MeteredSource, gate: UpstreamGate,
+        self, *, scheduler: Scheduler, source: MeteredSource, gate: UpstreamGate,
         health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter,
     ):
-        self._reader, self._scheduler, self._source, self._gate = reader, scheduler, source, gate
+        self._scheduler, self._source, self._gate = scheduler, source, gate
         self._health, self._hub, self._upkeep, self._exporter = health, hub, upkeep, exporter
 
     def collect(self) -> Iterator[Metric]:
@@ -164,7 +164,7 @@ class LiveCollector:
         yield from self._upkeep_runs()
 
     def _jobs(self) -> Metric:
-        counts = self._reader.count_by_status()
+        counts = self._health.counts  # refreshed by the handler just before
         family = GaugeMetricFamily("calo_jobs", "Jobs in the database by status", labels=["status"])
         for status in STATUSES:
             family.add_metric([status], counts.get(status, 0))
@@ -229,9 +229,14 @@ class LiveCollector:
 class MetricsHandler(OpsHandler):
     """GET /metrics -> 200, the Prometheus text exposition format."""
 
-    def initialize(self, metrics: Metrics) -> None:
+    def initialize(self, metrics: Metrics, health: Health) -> None:
         self.metrics = metrics
+        self.health = health
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        try:
+            await self.health.refresh()  # the job counts and the oldest pending job
+        except StoreError:
+            pass  # the last known counts; /readyz says what is wrong
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.metrics.render())

@@ -31,7 +31,7 @@ from typing import Any
 from tornado.ioloop import IOLoop
 
 from calo.jobs import PENDING, Outcome, iso_utc, now_ms
-from calo.store import StoreError, Writer
+from calo.storage.base import Storage, StoreError
 from calo.throttle import UpstreamGate
 from calo.unsplash import RateLimited, TransientError, UpstreamError
 
@@ -45,7 +45,7 @@ class Scheduler:
         self,
         *,
         source: Any,
-        writer: Writer,
+        writer: Storage,
         pool: concurrent.futures.Executor,
         gate: UpstreamGate,
         batch: int,

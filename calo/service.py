@@ -3,9 +3,9 @@
 Owns creating a job (draw its delay, commit it, schedule it) and the read queries the
 handlers and the WebSocket need. Handlers call this, never the store or the scheduler.
 
-Threads: IOLoop thread only. Reads use the IOLoop's own read connection (indexed, bounded
-queries on a local file: no network, no fsync); writes go to the writer process and are
-awaited, so the IOLoop never waits on a commit.
+Threads: IOLoop thread only. Reads and writes are coroutines of the storage (calo.storage):
+indexed, bounded queries on a local file, or asynchronous ones on PostgreSQL; writes are
+awaited, so the IOLoop never waits on a commit or on the network.
 
 Must never: format HTTP responses or know about request handlers.
 """
@@ -16,7 +16,7 @@ import random
 
 from calo.jobs import Job, draw_delay, now_ms
 from calo.scheduler import Scheduler
-from calo.store import CreateResult, Event, NotRetryable, Reader, StoreError, WriteRequests
+from calo.storage.base import CreateResult, Event, NotRetryable, Storage, StoreError
 
 __all__ = ["JobService", "NotRetryable", "Overloaded", "StoreError"]
 
@@ -29,16 +29,14 @@ class JobService:
     def __init__(
         self,
         *,
-        reader: Reader,
-        writer: WriteRequests,
+        storage: Storage,
         scheduler: Scheduler,
         delays: tuple[float, float, float],
         max_pending: int,
         rng: random.Random | None = None,
     ):
         self._max_pending = max_pending
-        self._reader = reader
-        self._writer = writer
+        self._storage = storage
         self._scheduler = scheduler
         self._delays = delays
         self._rng = rng or random.Random()
@@ -47,14 +45,14 @@ class JobService:
         """Commit a new pending job durably, then schedule it. With a key used before,
         return that job instead and create nothing. Raises Overloaded when too many jobs
         are pending (a repeated key still gets its job: that creates nothing)."""
-        if self._scheduler.pending_count() >= self._max_pending:
-            earlier = self._reader.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+        if await self._storage.pending_count() >= self._max_pending:
+            earlier = await self._storage.job_by_idempotency_key(idempotency_key) if idempotency_key else None
             if earlier is not None:
                 return CreateResult(*earlier, created=False)
             raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())
-        result = await self._writer.create_job(job, idempotency_key)
+        result = await self._storage.create_job(job, idempotency_key)
         if result.created:
             self._scheduler.add(job.id, job.due_at)
         return result
@@ -62,30 +60,30 @@ class JobService:
     async def retry_job(self, job_id: str) -> str | None:
         """Put a failed job back to pending, due now; its new document, or None if there
         is no such job. Raises NotRetryable if it is not failed."""
-        job_json = await self._writer.retry_job(job_id, now_ms())
+        job_json = await self._storage.retry_job(job_id, now_ms())
         if job_json is not None:
             job = Job.from_json(job_json)
             self._scheduler.add(job.id, job.due_at)
         return job_json
 
-    def job_json(self, job_id: str) -> str | None:
-        return self._reader.job(job_id)
+    async def job_json(self, job_id: str) -> str | None:
+        return await self._storage.job(job_id)
 
-    def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
-        return self._reader.jobs_page(status, limit, before)
+    async def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
+        return await self._storage.jobs_page(status, limit, before)
 
-    def latest_seq(self) -> int:
-        return self._reader.latest_seq()
+    async def latest_seq(self) -> int:
+        return await self._storage.latest_seq()
 
-    def replay_start(self, since: int) -> bool:
+    async def replay_start(self, since: int) -> bool:
         """Are all events after `since` still retained (so a replay has no hole)?"""
-        latest = self._reader.latest_seq()
-        oldest = self._reader.oldest_seq()
+        latest = await self._storage.latest_seq()
+        oldest = await self._storage.oldest_seq()
         first_kept = latest + 1 if oldest is None else oldest
         return first_kept - 1 <= since <= latest
 
-    def events_after(self, seq: int, limit: int) -> list[Event]:
-        return self._reader.events_after(seq, limit)
+    async def events_after(self, seq: int, limit: int) -> list[Event]:
+        return await self._storage.events_after(seq, limit)
 
-    def counts(self) -> dict[str, int]:
-        return self._reader.count_by_status()
+    async def counts(self) -> dict[str, int]:
+        return await self._storage.count_by_status()

@@ -2,8 +2,8 @@
 
 Owns the schedule of housekeeping, so that a server needs no cron:
 - `prune_events`: delete events older than `--event-retention`;
-- `checkpoint_wal`: copy the WAL into `calo.db` and truncate it (SQLite's own automatic
-  checkpoints never shrink the file after a burst of writes);
+- `checkpoint_wal` (SQLite only): copy the WAL into `calo.db` and truncate it (SQLite's
+  own automatic checkpoints never shrink the file after a burst of writes);
 - `retain_jobs` (only with `--retain-days`): delete resolved and failed jobs settled more
   than that many days ago, in bounded batches, so other writes never wait long.
 Each task only submits work to the writer thread and records when it ran, how long it
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from tornado.ioloop import PeriodicCallback
 
 from calo.jobs import now_ms
-from calo.store import Writer
+from calo.storage.base import Storage
 
 log = logging.getLogger("calo.upkeep")
 
@@ -77,7 +77,7 @@ class Upkeep:
 
     def __init__(
         self,
-        writer: Writer,
+        writer: Storage,
         event_retention_seconds: float,
         *,
         retain_days: float | None = None,
@@ -91,8 +91,9 @@ class Upkeep:
         self._stopped = False
         self.tasks = [
             Task("prune_events", _every(prune_every, event_retention_seconds), self.prune_events),
-            Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal),
         ]
+        if writer.wal_checkpoint:
+            self.tasks.append(Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal))
         if self._retain_ms is not None:
             every = _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000)
             self.tasks.append(Task("retain_jobs", every, self.retain_jobs))

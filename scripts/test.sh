@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs Chromium (for the browser tests),
-# systemd (whose `systemd-analyze verify` checks deploy/calo.service) and the Python test
-# tools when missing, then runs pytest with any extra arguments you give.
+# systemd (whose `systemd-analyze verify` checks deploy/calo.service), PostgreSQL (the
+# tests start a throwaway cluster of their own; no system cluster is started or touched)
+# and the Python test tools when missing, then runs pytest with any extra arguments you give.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -9,6 +10,9 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+fi
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 fi
 bash scripts/bootstrap.sh --test
 exec .venv/bin/python -m pytest "$@"

@@ -20,6 +20,7 @@ import requests
 from calo.app import Calo
 from calo.config import Settings, parse_settings
 from tests.fake_unsplash import FakeUnsplash
+from tests.postgres import ThrowawayPostgres
 
 ACCESS_KEY = "test-access-key"  # FakeUnsplash's default
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +32,24 @@ FAST_DELAYS = ("--delay-min", "0.2", "--delay-max", "0.6", "--delay-step", "0.2"
 def fake_unsplash() -> Iterator[FakeUnsplash]:
     with FakeUnsplash() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[ThrowawayPostgres]:
+    """One throwaway PostgreSQL for the whole run, started on first use (tests/postgres.py).
+    A missing PostgreSQL fails the tests that need it; it never skips them."""
+    cluster = ThrowawayPostgres()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def database_url(postgres_cluster) -> str:
+    """A fresh, empty PostgreSQL database for this test; its URL."""
+    return postgres_cluster.new_database()
 
 
 @pytest.fixture
@@ -62,8 +81,11 @@ def settings(request, fake_unsplash, data_dir) -> Settings:
 def calo(io_loop, settings) -> Iterator[Calo]:
     """Calo Jobs running in the test's IOLoop (pytest-tornado serves `app`)."""
     service = Calo(settings)
-    service.web_app = service.start()
+    service.web_app = io_loop.run_sync(service.start)
+    # Synchronous reads of the real database file, for assertions (the service's own are coroutines).
+    service.db = service.storage.export_reader()
     yield service
+    service.db.close()
     io_loop.run_sync(lambda: service.stop(grace_seconds=2))
 
 

@@ -58,7 +58,7 @@ async def test_post_creates_a_pending_job_committed_before_the_answer(http_serve
     assert job["delay_seconds"] in (0.2, 0.4, 0.6)
     # Committed: a fresh connection to the database file sees it at once.
     import sqlite3
-    with sqlite3.connect(calo.database.path) as conn:
+    with sqlite3.connect(calo.storage.path) as conn:
         assert conn.execute("SELECT status FROM jobs WHERE id = ?", (job["id"],)).fetchone() == ("pending",)
 
 
@@ -116,7 +116,7 @@ async def test_list_is_a_top_level_array_newest_first_with_status_filter(http_se
     assert body(await call(http_client, base_url, "/jobs?status=resolved")) == []
     pending = body(await call(http_client, base_url, "/jobs?status=pending"))
     assert {job["id"] for job in pending} == set(ids)
-    await wait_until(lambda: calo.service.counts().get("resolved") == 5)
+    await wait_until(lambda: calo.db.count_by_status().get("resolved") == 5)
     resolved = body(await call(http_client, base_url, "/jobs?status=resolved"))
     assert [job["id"] for job in resolved] == ids[::-1]
     assert all(job["result"] == job["image"]["url"] for job in resolved)

@@ -20,7 +20,7 @@ async def create_jobs(calo, count):
 
 
 def job(calo, job_id):
-    return json.loads(calo.service.job_json(job_id))
+    return json.loads(calo.db.job(job_id))
 
 
 async def settled(calo, ids, timeout=10.0):

@@ -32,7 +32,7 @@ async def create_jobs(calo, count):
 
 
 def job(calo, job_id):
-    return json.loads(calo.service.job_json(job_id))
+    return json.loads(calo.db.job(job_id))
 
 
 def statuses(calo, ids):
@@ -177,7 +177,7 @@ async def test_when_the_writer_process_is_gone_writes_answer_503_and_readyz_says
     fatal = []
     calo.on_fatal = fatal.append
     assert (await call(http_client, base_url + "/jobs", "POST", "")).code == 201
-    os.kill(calo.writer.pid, signal.SIGKILL)
+    os.kill(calo.storage.writer_pid, signal.SIGKILL)
     await wait_until(lambda: fatal)  # the process is asked to stop (tests/test_crash.py)
     refused = await call(http_client, base_url + "/jobs", "POST", "")
     assert refused.code == 503 and int(refused.headers["Retry-After"]) > 0

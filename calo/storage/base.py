@@ -1,0 +1,162 @@
+"""The storage interface: what the rest of Calo Jobs may ask of a database, documented once.
+
+Two backends implement it: `calo.storage.sqlite` (the embedded default: one data dir, one
+server) and `calo.storage.postgres` (several servers on one PostgreSQL). The web layer,
+the scheduler, the hub, health and upkeep see only this class; `calo.storage.open_storage`
+picks the backend from the settings.
+
+Every operation is a coroutine or returns an `asyncio.Future` on the server's loop. Reads
+never block the IOLoop for longer than an indexed lookup in a local file (SQLite) and never
+wait on the network (PostgreSQL reads are asynchronous). Writes are durable when their
+future completes: a `CreateResult` means the job is committed (fsync'd) and will run.
+
+Errors: any operation may raise `StoreError` (one line for the operator: the database is
+unreachable or refuses the write; nothing was committed, or the caller cannot know and
+must retry idempotently). `retry_job` raises `NotRetryable`.
+
+Threads: every method is called on the IOLoop thread, except `export_reader()`, whose
+result is used on the exporter's own thread.
+Must never: import Tornado, or let a caller see which backend runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from calo.jobs import Job, Outcome
+from calo.store import CreateResult, DeletedBatch, Event, NotRetryable, StoreError
+
+__all__ = ["CreateResult", "DeletedBatch", "Event", "ExportReader", "NotRetryable", "Storage", "StoreError"]
+
+OnEvents = Callable[[list[Event]], None]
+
+
+class ExportReader(Protocol):
+    """A reader for the JSON exporter's thread (made and used on that thread only)."""
+
+    def iter_job_chunks(self) -> Iterator[tuple[int, str]]:
+        """Every job's document, oldest first, from one consistent snapshot, as
+        (count, documents joined by ",\\n") chunks."""
+
+    def close(self) -> None: ...
+
+
+class Storage(abc.ABC):
+    """One open database. Lifecycle: `await start(...)` once, then any operation, then
+    `await stop()` (idempotent)."""
+
+    name: str  # "sqlite" or "postgresql", for logs and /readyz
+    location: str  # where the data lives, for the `ready` log line (no password)
+    wal_checkpoint: bool  # does upkeep need to checkpoint a WAL (SQLite only)?
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start(
+        self, loop: asyncio.AbstractEventLoop, *, on_events: OnEvents, on_commit: OnEvents,
+        on_death: Callable[[str], None],
+    ) -> None:
+        """Open (create, migrate) the database and start its writer. Raises StoreError.
+        Callbacks run on `loop`:
+        - `on_events(events)`: every event committed to the database, by this server or
+          any other sharing it, exactly once each, in seq order (for the live feed);
+        - `on_commit(events)`: the events of each commit made by this server, once its
+          futures are completed (for metrics and the export);
+        - `on_death(reason)`: the storage can never write again (the server should stop
+          and be restarted). A database that is only unreachable for a while is not a
+          death: writes fail with StoreError meanwhile and work again once it is back."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Commit what was submitted, deliver its results, close every connection."""
+
+    @abc.abstractmethod
+    def export_reader(self) -> ExportReader:
+        """A new reader for the JSON exporter, to be made and used on its own thread."""
+
+    # -- reads: coroutines, IOLoop thread -------------------------------------------------
+
+    @abc.abstractmethod
+    async def job(self, job_id: str) -> str | None:
+        """The job's JSON document, or None."""
+
+    @abc.abstractmethod
+    async def job_by_idempotency_key(self, key: str) -> tuple[str, str] | None:
+        """(id, document) of the job created with this key, if any."""
+
+    @abc.abstractmethod
+    async def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
+        """Up to `limit` (num, document) pairs, newest first, with num < `before` if given.
+        `num` is the creation order, never reused."""
+
+    @abc.abstractmethod
+    async def jobs_to_schedule(self) -> list[tuple[int, str]]:
+        """(due_at, id) of the pending jobs this server must run, earliest first: at
+        start, every pending job (SQLite), or the ones this server claimed (PostgreSQL)."""
+
+    @abc.abstractmethod
+    async def count_by_status(self) -> dict[str, int]:
+        """Jobs per status (statuses with none may be missing). Never a table scan."""
+
+    @abc.abstractmethod
+    async def pending_count(self) -> int:
+        """Pending jobs in the whole database, for --max-pending (may trail by a moment)."""
+
+    @abc.abstractmethod
+    async def oldest_pending(self) -> tuple[str, int] | None:
+        """(id, due_at) of the pending job due first, or None."""
+
+    @abc.abstractmethod
+    async def latest_seq(self) -> int:
+        """The highest event seq ever committed (0 if none), even if since pruned."""
+
+    @abc.abstractmethod
+    async def oldest_seq(self) -> int | None:
+        """The lowest event seq still kept, or None if none is."""
+
+    @abc.abstractmethod
+    async def events_after(self, seq: int, limit: int) -> list[Event]:
+        """Up to `limit` events with seq > `seq`, in seq order."""
+
+    # -- writes: futures on the loop, durable when done ------------------------------------
+
+    @abc.abstractmethod
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> asyncio.Future[CreateResult]:
+        """Commit a new pending job (and its job.created event). With a key used before,
+        that job instead (`created=False`), and nothing is written."""
+
+    @abc.abstractmethod
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | None]]:
+        """Apply what upstream attempts did: each job's new status, in order, or None
+        where it was not pending (or, PostgreSQL, no longer this server's to settle)."""
+
+    @abc.abstractmethod
+    def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
+        """A failed job back to pending, due at `at`: its new document, None if there is
+        no such job; NotRetryable unless it is failed."""
+
+    @abc.abstractmethod
+    def prune_events(self, older_than_ms: int) -> asyncio.Future[int]:
+        """Delete events created before this time; how many."""
+
+    @abc.abstractmethod
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> asyncio.Future[DeletedBatch]:
+        """One bounded batch of job retention (see `DeletedBatch`); adds no event."""
+
+    @abc.abstractmethod
+    def checkpoint(self) -> asyncio.Future[tuple[int, int, int]]:
+        """Checkpoint the WAL: (busy, WAL frames, frames copied). Only where
+        `wal_checkpoint` is true."""
+
+    @abc.abstractmethod
+    def ping(self) -> asyncio.Future[None]:
+        """Completes once an empty write transaction has committed (the readiness check)."""
+
+    # -- what only a shared database needs ------------------------------------------------
+
+    def describe(self) -> dict[str, object]:
+        """Backend facts for /readyz's database check (beyond ok and write_ms)."""
+        return {"backend": self.name}

@@ -119,12 +119,6 @@ class Calo:
         Raises StoreError (one line) if the data dir or database is unusable."""
         settings = self.settings
         storage = open_storage(settings)
-        await storage.start(
-            self._loop.asyncio_loop, on_events=self._on_events, on_commit=self._on_commit,
-            on_death=self._storage_died,
-        )
-        self.storage = storage
-        self.exporter = JsonExporter(storage, settings.data_dir)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
         self.gate = UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000))
         self.scheduler = Scheduler(
@@ -132,6 +126,17 @@ class Calo:
             gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
         )
+        try:
+            await storage.start(
+                self._loop.asyncio_loop, on_events=self._on_events, on_commit=self._on_commit,
+                on_death=self._storage_died, on_claimed=self._on_claimed, on_rate_limit=self.gate.pause_until,
+            )
+        except BaseException:
+            self.pool.shutdown(wait=False)
+            raise
+        self.storage = storage
+        self.gate.on_rate_limited = storage.share_rate_limit
+        self.exporter = JsonExporter(storage, settings.data_dir)
         self.service = JobService(
             storage=storage, scheduler=self.scheduler,
             delays=(settings.delay_min, settings.delay_max, settings.delay_step),
@@ -140,6 +145,7 @@ class Calo:
         pending = await storage.jobs_to_schedule()
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
+        storage.start_background()
         self.exporter.start()
         self.upkeep = Upkeep(
             storage, settings.event_retention, retain_days=settings.retain_days,
@@ -177,6 +183,11 @@ class Calo:
         """IOLoop thread: events committed to the database (by any server), in seq order."""
         self.hub.publish(events)
         self.exporter.mark_changed()
+
+    def _on_claimed(self, jobs: list[tuple[int, str]]) -> None:
+        """IOLoop thread: pending jobs this server runs from now on (taken over)."""
+        for due_at, job_id in jobs:
+            self.scheduler.add(job_id, due_at)
 
     def _on_commit(self, events: list[Event]) -> None:
         """IOLoop thread, after each of this server's commits: count it."""

@@ -25,7 +25,7 @@ import tempfile
 import threading
 
 from calo.jobs import iso_utc, now_ms
-from calo.storage.base import ExportReader, Storage
+from calo.storage.base import ExportReader, Storage, StoreError
 
 log = logging.getLogger("calo.export")
 
@@ -69,6 +69,10 @@ class JsonExporter:
         self.last_ok: bool | None = None
 
     def start(self) -> None:
+        try:  # SQLite made it already; with PostgreSQL the data dir holds only the export
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot create the data dir for %s: %s", self.path, exc.strerror)
         self._changed.set()  # one export at start-up, so the file exists and is current
         self._thread.start()
 
@@ -103,11 +107,13 @@ class JsonExporter:
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
     def _export_logged(self, reader: ExportReader) -> None:
+        if not self._storage.runs_upkeep:
+            return  # another server sharing the database writes the export now
         started, ok = now_ms(), False
         try:
             self.export(reader)
             ok = True
-        except OSError as exc:  # e.g. a full disk: keep serving, try again on the next change
+        except (OSError, StoreError) as exc:  # a full disk, a database away: try again on the next change
             log.error("JSON export to %s failed: %s", self.path, exc)
         self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
 

@@ -36,9 +36,11 @@ RETAIN_MAX_BATCHES = 200  # per run; a bigger backlog is finished by the next ru
 class Task:
     """One periodic task and what is known of its last run."""
 
-    def __init__(self, name: str, every_seconds: float, run: Callable[[], Awaitable[object]]):
+    def __init__(self, name: str, every_seconds: float, run: Callable[[], Awaitable[object]],
+                 may_run: Callable[[], bool] = lambda: True):
         self.name = name
         self._run = run
+        self._may_run = may_run  # False: another server runs it now
         self._running = False
         self.last_run_at: int | None = None
         self.last_duration: float | None = None
@@ -53,7 +55,7 @@ class Task:
         self._callback.stop()
 
     async def trigger(self) -> None:
-        if self._running:
+        if self._running or not self._may_run():
             return
         self._running, started, clock, ok = True, now_ms(), time.monotonic(), False
         try:
@@ -89,14 +91,17 @@ class Upkeep:
         self._retain_ms = None if retain_days is None else int(retain_days * 86_400_000)
         self._on_jobs_deleted = on_jobs_deleted  # e.g. refresh jobs.json: deleting adds no event
         self._stopped = False
+        def leader() -> bool:  # with a shared database, one server at a time runs upkeep
+            return writer.runs_upkeep
+
         self.tasks = [
-            Task("prune_events", _every(prune_every, event_retention_seconds), self.prune_events),
+            Task("prune_events", _every(prune_every, event_retention_seconds), self.prune_events, leader),
         ]
         if writer.wal_checkpoint:
             self.tasks.append(Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal))
         if self._retain_ms is not None:
             every = _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000)
-            self.tasks.append(Task("retain_jobs", every, self.retain_jobs))
+            self.tasks.append(Task("retain_jobs", every, self.retain_jobs, leader))
 
     def task(self, name: str) -> Task:
         return next(task for task in self.tasks if task.name == name)

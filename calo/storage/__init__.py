@@ -30,7 +30,8 @@ def open_storage(settings: Settings) -> Storage:
     try:
         from calo.storage.postgres import PostgresStorage
     except ImportError as exc:
-        raise StoreError(f"--database-url needs the PostgreSQL extra: pip install 'calo-jobs[postgres]' ({exc})") from None
+        extra = "pip install 'calo-jobs[postgres]'"
+        raise StoreError(f"--database-url needs the PostgreSQL extra: {extra} ({exc})") from None
     return PostgresStorage(
         settings.database_url, instance_lease=settings.instance_lease, pool_size=settings.database_pool_size,
     )

@@ -32,6 +32,7 @@ from calo.store import CreateResult, DeletedBatch, Event, NotRetryable, StoreErr
 __all__ = ["CreateResult", "DeletedBatch", "Event", "ExportReader", "NotRetryable", "Storage", "StoreError"]
 
 OnEvents = Callable[[list[Event]], None]
+OnClaimed = Callable[[list[tuple[int, str]]], None]
 
 
 class ExportReader(Protocol):
@@ -51,13 +52,14 @@ class Storage(abc.ABC):
     name: str  # "sqlite" or "postgresql", for logs and /readyz
     location: str  # where the data lives, for the `ready` log line (no password)
     wal_checkpoint: bool  # does upkeep need to checkpoint a WAL (SQLite only)?
+    runs_upkeep: bool = True  # may this server run upkeep and the export now (one at a time)?
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def start(
         self, loop: asyncio.AbstractEventLoop, *, on_events: OnEvents, on_commit: OnEvents,
-        on_death: Callable[[str], None],
+        on_death: Callable[[str], None], on_claimed: OnClaimed, on_rate_limit: Callable[[int], None],
     ) -> None:
         """Open (create, migrate) the database and start its writer. Raises StoreError.
         Callbacks run on `loop`:
@@ -67,7 +69,19 @@ class Storage(abc.ABC):
           futures are completed (for metrics and the export);
         - `on_death(reason)`: the storage can never write again (the server should stop
           and be restarted). A database that is only unreachable for a while is not a
-          death: writes fail with StoreError meanwhile and work again once it is back."""
+          death: writes fail with StoreError meanwhile and work again once it is back;
+        - `on_claimed(jobs)`: (due_at, id) of pending jobs this server must now run as
+          well (taken over from a server that is gone; a job may come twice, and is
+          settled once);
+        - `on_rate_limit(until_ms)`: another server found the upstream's budget spent."""
+
+    def start_background(self) -> None:  # noqa: B027 (a default that does nothing, on purpose)
+        """Start the duties a shared database needs (heartbeat, taking over jobs, bidding
+        for upkeep). Call once the scheduler takes `on_claimed` jobs. SQLite: none."""
+
+    def share_rate_limit(self, until_ms: int) -> None:  # noqa: B027 (as above)
+        """This server found the upstream's budget spent until `until_ms`: tell the others
+        (their `on_rate_limit`). SQLite: nobody to tell."""
 
     @abc.abstractmethod
     async def stop(self) -> None:

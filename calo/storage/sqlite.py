@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 
 from calo.jobs import PENDING, Job, Outcome
-from calo.storage.base import CreateResult, DeletedBatch, Event, ExportReader, OnEvents, Storage
+from calo.storage.base import CreateResult, DeletedBatch, Event, ExportReader, OnClaimed, OnEvents, Storage
 from calo.store import DB_FILE, Database, Reader
 from calo.writer_process import WriterProcess
 
@@ -46,7 +46,7 @@ class SqliteStorage(Storage):
 
     async def start(
         self, loop: asyncio.AbstractEventLoop, *, on_events: OnEvents, on_commit: OnEvents,
-        on_death: Callable[[str], None],
+        on_death: Callable[[str], None], on_claimed: OnClaimed, on_rate_limit: Callable[[int], None],
     ) -> None:
         self._database = Database(self.data_dir)
         try:

@@ -11,6 +11,13 @@ Contract (keep it exactly; README "API" shows it with curl):
   array of jobs, newest first; `Link: <url>; rel="next"` when there is more.
 - GET /jobs/{id} -> 200 the job, or 404.
 - POST /jobs/{id}/retry -> 200 the job, pending again and due now; 409 unless it failed.
+- POST /jobs/retry-failed -> 200 {"retried": n}: every failed job pending again, due now.
+- POST /jobs/{id}/cancel -> 200 the job, cancelled; 409 `job_not_pending` unless it is
+  pending, 409 `job_resolving` if its photo is already being recorded.
+- GET /jobs/{id}/events?after=SEQ -> 200, a JSON array of the job's retained events,
+  oldest first, at most 1000 (`Link: rel="next"` when there are more); 404 if no such job.
+- GET /stats -> 200 the dashboard's numbers (calo/stats.py: counts, per-minute activity,
+  the upstream's state).
 - Any error -> {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 405, 409,
   413, 503 (with Retry-After). `/openapi.json` describes all of it.
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from urllib.parse import urlencode
 
 import tornado.web
@@ -30,7 +38,8 @@ from calo.access import AccessPolicy
 from calo.jobs import STATUSES
 from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
 from calo.errors import JSON_TYPE, ApiError, JsonErrors
-from calo.service import JobService, NotRetryable, Overloaded, StoreError
+from calo.service import JobService, NotCancellable, NotRetryable, Overloaded, Resolving, StoreError, WrongStatus
+from calo.stats import StatsReport
 
 MAX_BODY_BYTES = 64 * 1024
 OVERLOAD_RETRY_AFTER_SECONDS = 5
@@ -174,17 +183,93 @@ class JobHandler(ApiHandler):
         self.write_json(doc)
 
 
-class RetryHandler(ApiHandler):
-    """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
+# What a 409 says when a job's status does not allow the change asked for.
+CONFLICTS = {
+    NotRetryable: ("job_not_failed", "only a failed job can be retried"),
+    NotCancellable: ("job_not_pending", "only a pending job can be cancelled"),
+}
 
-    async def post(self, job_id: str) -> None:
+
+class JobChangeHandler(ApiHandler):
+    """Base of the POSTs that change one job: the same answers for each."""
+
+    async def answer_change(self, change: Awaitable[str | None]) -> None:
+        """200 the job's new document; 404, 409 (its status does not allow it, or it is
+        being resolved) or 503 (nothing was committed)."""
         try:
-            doc = await self.service.retry_job(job_id)
+            doc = await change
         except StoreError as exc:
             raise storage_unavailable(exc) from None
-        except NotRetryable as exc:
-            message = f"only a failed job can be retried; this one is {exc.status}"
-            raise ApiError(409, "job_not_failed", message) from None
+        except WrongStatus as exc:
+            code, rule = CONFLICTS[type(exc)]
+            raise ApiError(409, code, f"{rule}; this one is {exc.status}") from None
+        except Resolving:
+            raise ApiError(409, "job_resolving", "too late to cancel: this job's photo is being recorded") from None
         if doc is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         self.write_json(doc)
+
+
+class RetryHandler(JobChangeHandler):
+    """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
+
+    async def post(self, job_id: str) -> None:
+        await self.answer_change(self.service.retry_job(job_id))
+
+
+class CancelHandler(JobChangeHandler):
+    """POST /jobs/{id}/cancel: a pending job is cancelled before its photo is fetched."""
+
+    async def post(self, job_id: str) -> None:
+        await self.answer_change(self.service.cancel_job(job_id))
+
+
+class RetryFailedHandler(ApiHandler):
+    """POST /jobs/retry-failed: every failed job back to pending, due now, in one request
+    (the page's "Retry all failed"); answers {"retried": n}."""
+
+    async def post(self) -> None:
+        try:
+            retried = await self.service.retry_failed()
+        except StoreError as exc:
+            raise storage_unavailable(exc) from None
+        self.write_json(json.dumps({"retried": retried}))
+
+
+EVENTS_PAGE = 1000
+
+
+class JobEventsHandler(ApiHandler):
+    """GET /jobs/{id}/events: the job's timeline, from the event log."""
+
+    async def get(self, job_id: str) -> None:
+        raw = query_argument(self, "after")
+        after = 0 if raw is None else whole_number(raw, "after")
+        try:
+            events = await self.service.job_events(job_id, after, EVENTS_PAGE + 1)
+        except StoreError as exc:
+            raise storage_unavailable(exc, "the job's events could not be read") from None
+        if events is None:
+            raise ApiError(404, "job_not_found", "no job with this id")
+        if len(events) > EVENTS_PAGE:
+            events = events[:EVENTS_PAGE]
+            last_seq = json.loads(events[-1])["seq"]
+            url = f"{self.request.protocol}://{self.request.host}{self.request.path}?after={last_seq}"
+            self.set_header("Link", f'<{url}>; rel="next"')
+        self.write_json("[" + ",".join(events) + "]")
+
+
+class StatsHandler(ApiHandler):
+    """GET /stats: job counts, the last hour's activity per minute, the upstream's state."""
+
+    def initialize(self, service: JobService, access: AccessPolicy, report: StatsReport) -> None:  # type: ignore[override]
+        super().initialize(service, access)
+        self.report = report
+
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        try:
+            document = await self.report.document()
+        except StoreError as exc:
+            raise storage_unavailable(exc, "the counts could not be read") from None
+        self.write_json(json.dumps(document, separators=(",", ":")))

@@ -27,9 +27,15 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from calo.jobs import Job, Outcome
-from calo.store import CreateResult, DeletedBatch, Event, NotRetryable, StoreError
+from calo.store import Activity as StoredActivity
+from calo.store import (
+    CreateResult, DeletedBatch, Event, NotCancellable, NotRetryable, NotStored, RetriedBatch, StoreError, WrongStatus,
+)
 
-__all__ = ["CreateResult", "DeletedBatch", "Event", "ExportReader", "NotRetryable", "Storage", "StoreError"]
+__all__ = [
+    "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable", "NotRetryable", "NotStored",
+    "RetriedBatch", "Storage", "StoreError", "StoredActivity", "WrongStatus",
+]
 
 OnEvents = Callable[[list[Event]], None]
 OnClaimed = Callable[[list[tuple[int, str]]], None]
@@ -53,6 +59,7 @@ class Storage(abc.ABC):
     location: str  # where the data lives, for the `ready` log line (no password)
     wal_checkpoint: bool  # does upkeep need to checkpoint a WAL (SQLite only)?
     runs_upkeep: bool = True  # may this server run upkeep and the export now (one at a time)?
+    shared: bool = False  # may other servers hold (schedule and settle) pending jobs too?
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -135,6 +142,16 @@ class Storage(abc.ABC):
     async def events_after(self, seq: int, limit: int) -> list[Event]:
         """Up to `limit` events with seq > `seq`, in seq order."""
 
+    @abc.abstractmethod
+    async def job_events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, int, str]]:
+        """Up to `limit` (seq, type, created_at ms, job document) of one job's retained
+        events with seq > `after`, oldest first."""
+
+    @abc.abstractmethod
+    async def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> StoredActivity:
+        """The events committed since `since_ms` with seq <= `up_to_seq`, by minute (see
+        `StoredActivity`), for the dashboard's seed. May take a while: never on the IOLoop."""
+
     # -- writes: futures on the loop, durable when done ------------------------------------
 
     @abc.abstractmethod
@@ -144,13 +161,24 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | None]]:
-        """Apply what upstream attempts did: each job's new status, in order, or None
-        where it was not pending (or, PostgreSQL, no longer this server's to settle)."""
+        """Apply what upstream attempts did: each job's new status, in order; None where it
+        was not pending (or, shared, is no longer this server's to settle); `NotStored`
+        where that outcome's data could not be written (the others still are)."""
 
     @abc.abstractmethod
     def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
         """A failed job back to pending, due at `at`: its new document, None if there is
         no such job; NotRetryable unless it is failed."""
+
+    @abc.abstractmethod
+    def cancel_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
+        """A pending job cancelled at `at`: its new document, None if there is no such
+        job; NotCancellable unless it is pending."""
+
+    @abc.abstractmethod
+    def retry_failed(self, after_num: int, limit: int, at: int) -> asyncio.Future[RetriedBatch]:
+        """Up to `limit` failed jobs after `after_num` (creation order) back to pending,
+        due at `at`, each with its `job.retried` event (and, shared, claimed by this server)."""
 
     @abc.abstractmethod
     def prune_events(self, older_than_ms: int) -> asyncio.Future[int]:

@@ -41,9 +41,11 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg_pool
 
-from calo.jobs import PENDING, Job, Outcome, random_token
+from calo.jobs import EVENT_FOR_STATUS, PENDING, RESOLVED, Job, Outcome, random_token
 from calo.storage import postgres_writer as ops
-from calo.storage.base import CreateResult, DeletedBatch, Event, OnClaimed, OnEvents, Storage, StoreError
+from calo.storage.base import (
+    CreateResult, DeletedBatch, Event, OnClaimed, OnEvents, RetriedBatch, Storage, StoredActivity, StoreError,
+)
 from calo.storage.postgres_log import LogFollower
 from calo.storage.postgres_schema import UPKEEP_LOCK, migrate
 from calo.storage.postgres_writer import PostgresWriter, one_line
@@ -56,6 +58,9 @@ PENDING_COUNT_TTL = 1.0  # seconds a count of pending jobs is reused for --max-p
 TAKEOVER_BATCH = 5000  # jobs taken over per heartbeat at most
 EXPORT_CHUNK = 2000
 SHARDS = 64  # job_counts rows per status; each server writes one
+# An event's lateness (resolved_at - due_at) in ms, from the job document it holds.
+_LATENESS_MS = ("(extract(epoch FROM (job::json->>'resolved_at')::timestamptz)"
+                " - extract(epoch FROM (job::json->>'due_at')::timestamptz)) * 1000.0")
 
 
 
@@ -77,6 +82,7 @@ def describe_url(url: str) -> str:
 class PostgresStorage(Storage):
     name = "postgresql"
     wal_checkpoint = False  # PostgreSQL checkpoints its own WAL
+    shared = True
 
     def __init__(self, url: str, *, instance_lease: float = 10.0, pool_size: int = 4):
         self._url = url
@@ -366,6 +372,28 @@ class PostgresStorage(Storage):
             "SELECT seq, type, job_id, job FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
         return [Event(*row) for row in rows]
 
+    async def job_events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, int, str]]:
+        rows = await self._read_all(
+            "SELECT seq, type, created_at, job FROM events WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (job_id, after, limit),
+        )
+        return [(seq, kind, at, doc) for seq, kind, at, doc in rows]
+
+    async def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> StoredActivity:
+        resolved = EVENT_FOR_STATUS[RESOLVED]
+        counts = await self._read_all(
+            f"SELECT created_at / 60000 * 60000 AS minute, type, count(*),"
+            f" max(CASE WHEN type = %s THEN {_LATENESS_MS} END) FROM events"
+            " WHERE created_at >= %s AND seq <= %s GROUP BY minute, type", (resolved, since_ms, up_to_seq),
+        )
+        sampled = await self._read_all(
+            f"SELECT minute, late FROM (SELECT created_at / 60000 * 60000 AS minute, {_LATENESS_MS} AS late,"
+            " row_number() OVER (PARTITION BY created_at / 60000 ORDER BY seq) AS n"
+            " FROM events WHERE created_at >= %s AND seq <= %s AND type = %s) sample WHERE n <= %s",
+            (since_ms, up_to_seq, resolved, samples),
+        )
+        return StoredActivity([tuple(row) for row in counts], [tuple(row) for row in sampled])  # type: ignore[misc]
+
     # -- writes ---------------------------------------------------------------------------
 
     @property
@@ -385,6 +413,12 @@ class PostgresStorage(Storage):
 
     def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
         return self._write.submit(ops.retry_job(self.instance_id, job_id, at))
+
+    def cancel_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
+        return self._write.submit(ops.cancel_job(self.instance_id, job_id, at))
+
+    def retry_failed(self, after_num: int, limit: int, at: int) -> asyncio.Future[RetriedBatch]:
+        return self._write.submit(ops.retry_failed(self.instance_id, after_num, limit, at))
 
     def prune_events(self, older_than_ms: int) -> asyncio.Future[int]:
         return self._write.submit(ops.prune_events(older_than_ms))

@@ -17,6 +17,7 @@ Must never: hand an event on twice or out of order, or stop following after an e
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
+from calo.jobs import EVENT_FOR_STATUS, RESOLVED, parse_iso_utc
 from calo.storage.base import Event
 from calo.storage.postgres_writer import one_line
 
@@ -96,7 +98,7 @@ class LogFollower:
                     "SELECT seq, type, job_id, job FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
                     (self.cursor, READ_CHUNK),
                 )
-                events = [Event(*row) for row in await cur.fetchall()]
+                events = [_event(*row) for row in await cur.fetchall()]
             if events:
                 self.cursor = events[-1].seq
                 self._on_events(events)
@@ -125,3 +127,15 @@ class LogFollower:
                 self.listen_error = one_line(exc)
             await asyncio.sleep(RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)])
             failures += 1
+
+
+def _event(seq: int, kind: str, job_id: str, job_json: str) -> Event:
+    """An event as the live feed and the dashboard take it: a resolution carries its
+    lateness (resolved_at - due_at), as the writer's own events do."""
+    lateness = None
+    if kind == EVENT_FOR_STATUS[RESOLVED]:
+        doc = json.loads(job_json)
+        resolved_at, due_at = parse_iso_utc(doc.get("resolved_at")), parse_iso_utc(doc.get("due_at"))
+        if resolved_at is not None and due_at is not None:
+            lateness = resolved_at - due_at
+    return Event(seq, kind, job_id, job_json, lateness)

@@ -41,8 +41,12 @@ from typing import Any
 
 import psycopg
 
-from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms
-from calo.storage.base import CreateResult, DeletedBatch, Event, NotRetryable, StoreError
+from calo.jobs import (
+    CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms,
+)
+from calo.storage.base import (
+    CreateResult, DeletedBatch, Event, NotCancellable, NotRetryable, NotStored, RetriedBatch, StoreError, WrongStatus,
+)
 
 log = logging.getLogger("calo.storage")
 
@@ -265,7 +269,7 @@ async def _in_savepoint(conn: psycopg.AsyncConnection, op: _Op, changes: Changes
     except (psycopg.OperationalError, psycopg.InterfaceError):
         raise
     except Exception as exc:  # handed to the caller's future, not swallowed
-        return None, exc if isinstance(exc, NotRetryable | StoreError) else StoreError(f"write failed: {exc!r}")
+        return None, exc if isinstance(exc, WrongStatus | StoreError) else StoreError(f"write failed: {exc!r}")
     changes.events.extend(own.events)
     for status, delta in own.counts.items():
         changes.count(status, delta)
@@ -311,39 +315,76 @@ def create_job(instance_id: str, job: Job, idempotency_key: str | None) -> OpFn:
 
 
 def apply_outcomes(instance_id: str, outcomes: list[Outcome]) -> OpFn:
-    """Each job's new status, or None where it is not pending or not this server's."""
+    """Each job's new status; None where it is not pending or not this server's;
+    `NotStored` where its data could not be written (the others still are)."""
 
-    async def write(cur: Cursor, changes: Changes) -> list[str | None]:
+    async def write(cur: Cursor, changes: Changes) -> list[str | None | NotStored]:
         await cur.execute(
             "SELECT id, doc FROM jobs WHERE id = ANY(%s) AND status = 'pending' AND claimed_by = %s"
             " ORDER BY id FOR UPDATE",  # one lock order for every writer: no deadlock
             (list({outcome.job_id for outcome in outcomes}), instance_id),
         )
         jobs = {job_id: Job.from_json(doc) for job_id, doc in await cur.fetchall()}
-        statuses: list[str | None] = []
+        statuses: list[str | None | NotStored] = []
+        changed: list[tuple[int, str, Job]] = []  # (index in outcomes, event type, job)
         for outcome in outcomes:
             job = jobs.get(outcome.job_id)
             if job is None or job.status != PENDING:
                 statuses.append(None)  # settled, or taken over by another server
                 continue
-            changes.event(job.apply(outcome), job, job.to_json())
-            changes.moved(PENDING, job.status)
+            kind = job.apply(outcome)
+            changed.append((len(statuses), kind, job))
             statuses.append(job.status)
-        if jobs:
-            await cur.execute(
-                "UPDATE jobs SET status = u.status, doc = u.doc,"
-                " claimed_by = CASE WHEN u.status = 'pending' THEN jobs.claimed_by END"
-                " FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(id, status, doc) WHERE jobs.id = u.id",
-                ([job.id for job in jobs.values()], [job.status for job in jobs.values()],
-                 [job.to_json() for job in jobs.values()]),
-            )
+        refused = await _save_outcomes(cur, changed)
+        for index, kind, job in changed:
+            refusal = refused.get(index)
+            if refusal is not None:
+                statuses[index] = refusal
+                continue
+            changes.event(kind, job, job.to_json())
+            changes.moved(PENDING, job.status)
         return statuses
 
     return write
 
 
-def retry_job(instance_id: str, job_id: str, at: int) -> OpFn:
-    """A failed job back to pending, claimed by this server (which schedules it)."""
+_UPDATE_SETTLED = (
+    "UPDATE jobs SET status = u.status, doc = u.doc,"
+    " claimed_by = CASE WHEN u.status = 'pending' THEN jobs.claimed_by END"
+    " FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(id, status, doc) WHERE jobs.id = u.id"
+)
+# What a job's data can raise on its way into PostgreSQL (text that cannot be encoded, a NUL,
+# a number out of range). Connection failures fail the whole group instead.
+_DATA_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, psycopg.DataError, psycopg.IntegrityError)
+
+
+async def _save_outcomes(cur: Cursor, changed: list[tuple[int, str, Job]]) -> dict[int, NotStored]:
+    """Write the changed jobs in one statement; if their data is refused, each alone in a
+    savepoint. Returns the refusals by index."""
+    if not changed:
+        return {}
+    try:
+        async with cur.connection.transaction():
+            jobs = [job for _, _, job in changed]
+            columns = ([job.id for job in jobs], [job.status for job in jobs], [job.to_json() for job in jobs])
+            await cur.execute(_UPDATE_SETTLED, columns)
+        return {}
+    except _DATA_ERRORS:
+        pass
+    refused: dict[int, NotStored] = {}
+    for index, _, job in changed:
+        try:
+            async with cur.connection.transaction():
+                await cur.execute(_UPDATE_SETTLED, ([job.id], [job.status], [job.to_json()]))
+        except _DATA_ERRORS as exc:
+            refused[index] = NotStored(f"{type(exc).__name__}: {ascii(str(exc))[1:-1][:300]}")
+    return refused
+
+
+def _change_job(instance_id: str, job_id: str, refusal: type[WrongStatus], change: Callable[[Job], None],
+                kind: str) -> OpFn:
+    """Apply `change` to the job if its status is `refusal.needed`, else raise `refusal`
+    (before writing anything). A job that is pending afterwards is claimed by this server."""
 
     async def write(cur: Cursor, changes: Changes) -> str | None:
         await cur.execute("SELECT doc FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
@@ -351,19 +392,55 @@ def retry_job(instance_id: str, job_id: str, at: int) -> OpFn:
         if row is None:
             return None
         job = Job.from_json(row[0])
-        if job.status != FAILED:
-            raise NotRetryable(job.status)
-        job.retry(at)
-        job_json = job.to_json()
-        await cur.execute(
-            "UPDATE jobs SET status = %s, due_at = %s, doc = %s, claimed_by = %s WHERE id = %s",
-            (job.status, job.due_at, job_json, instance_id, job.id),
-        )
-        changes.event(RETRIED, job, job_json)
-        changes.moved(FAILED, PENDING)
-        return job_json
+        if job.status != refusal.needed:
+            raise refusal(job.status)
+        before = job.status
+        change(job)
+        return await _save_changed(cur, changes, instance_id, kind, job, before)
 
     return write
+
+
+async def _save_changed(cur: Cursor, changes: Changes, instance_id: str, kind: str, job: Job, before: str) -> str:
+    job_json = job.to_json()
+    await cur.execute(
+        "UPDATE jobs SET status = %s, due_at = %s, doc = %s, claimed_by = %s WHERE id = %s",
+        (job.status, job.due_at, job_json, instance_id if job.status == PENDING else None, job.id),
+    )
+    changes.event(kind, job, job_json)
+    changes.moved(before, job.status)
+    return job_json
+
+
+def cancel_job(instance_id: str, job_id: str, at: int) -> OpFn:
+    """Whoever holds it, a job still pending is cancelled (its server's outcome is then
+    refused: the job is no longer pending)."""
+    return _change_job(instance_id, job_id, NotCancellable, lambda job: job.cancel(at), CANCELLED_EVENT)
+
+
+def retry_failed(instance_id: str, after_num: int, limit: int, at: int) -> OpFn:
+    """Up to `limit` failed jobs after `after_num`, back to pending and claimed by this server."""
+
+    async def write(cur: Cursor, changes: Changes) -> RetriedBatch:
+        await cur.execute(
+            "SELECT num, doc FROM jobs WHERE status = %s AND num > %s ORDER BY num LIMIT %s FOR UPDATE",
+            (FAILED, after_num, limit),
+        )
+        rows = await cur.fetchall()
+        retried = []
+        for _, doc in rows:
+            job = Job.from_json(doc)
+            job.retry(at)
+            await _save_changed(cur, changes, instance_id, RETRIED, job, FAILED)
+            retried.append(job.id)
+        return RetriedBatch(retried, rows[-1][0] if rows else after_num, done=len(rows) < limit)
+
+    return write
+
+
+def retry_job(instance_id: str, job_id: str, at: int) -> OpFn:
+    """A failed job back to pending, claimed by this server (which schedules it)."""
+    return _change_job(instance_id, job_id, NotRetryable, lambda job: job.retry(at), RETRIED)
 
 
 def prune_events(older_than_ms: int) -> OpFn:

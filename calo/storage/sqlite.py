@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 
 from calo.jobs import PENDING, Job, Outcome
-from calo.storage.base import CreateResult, DeletedBatch, Event, ExportReader, OnClaimed, OnEvents, Storage
+from calo.storage.base import (
+    CreateResult, DeletedBatch, Event, ExportReader, OnClaimed, OnEvents, RetriedBatch, Storage, StoredActivity,
+)
 from calo.store import DB_FILE, Database, Reader
 from calo.writer_process import WriterProcess
 
@@ -112,6 +115,39 @@ class SqliteStorage(Storage):
     async def events_after(self, seq: int, limit: int) -> list[Event]:
         return self._read.events_after(seq, limit)
 
+    async def job_events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, int, str]]:
+        return self._read.job_events(job_id, after, limit)
+
+    async def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> StoredActivity:
+        """Read on a short-lived daemon thread with its own connection (an hour of events;
+        a server stopping meanwhile does not wait for it)."""
+        database = self._database
+        assert database is not None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoredActivity] = loop.create_future()
+
+        def settle(result: StoredActivity | None, error: BaseException | None) -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(result)  # type: ignore[arg-type]
+
+        def read() -> None:
+            result, error = None, None
+            try:
+                reader = database.reader()
+                try:
+                    result = reader.activity_since(since_ms, up_to_seq, samples)
+                finally:
+                    reader.close()
+            except Exception as exc:  # handed to the awaiting coroutine
+                error = exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the loop is closed: the server stopped meanwhile
+                pass
+
+        threading.Thread(target=read, name="calo-stats-seed", daemon=True).start()
+        return await future
+
     # -- writes -------------------------------------------------------------------------
 
     @property
@@ -127,6 +163,12 @@ class SqliteStorage(Storage):
 
     def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
         return self._write.retry_job(job_id, at)
+
+    def cancel_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
+        return self._write.cancel_job(job_id, at)
+
+    def retry_failed(self, after_num: int, limit: int, at: int) -> asyncio.Future[RetriedBatch]:
+        return self._write.retry_failed(after_num, limit, at)
 
     def prune_events(self, older_than_ms: int) -> asyncio.Future[int]:
         return self._write.prune_events(older_than_ms)

@@ -197,9 +197,12 @@ class Calo:
         self.activity.observe(events)  # the dashboard shows every server's activity
 
     def _on_claimed(self, jobs: list[tuple[int, str]]) -> None:
-        """IOLoop thread: pending jobs this server runs from now on (taken over)."""
+        """IOLoop thread: pending jobs this server runs from now on (taken over, or
+        re-read after a commit's answer was lost); those it holds already are skipped."""
+        held = self.scheduler.held_ids()
         for due_at, job_id in jobs:
-            self.scheduler.add(job_id, due_at)
+            if job_id not in held:
+                self.scheduler.add(job_id, due_at)
 
     def _on_commit(self, events: list[Event]) -> None:
         """IOLoop thread, after each of this server's commits: count it."""

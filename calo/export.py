@@ -61,6 +61,7 @@ class JsonExporter:
         self._interval = interval
         self._changed = threading.Event()
         self._stopping = threading.Event()
+        self._owed = False  # an export was skipped while another server ran upkeep
         self._thread = threading.Thread(target=self._run, name="calo-export", daemon=True)
         # What the last export did, for /metrics. Written by the export thread only;
         # readers on other threads see whole values (plain attribute stores).
@@ -90,7 +91,9 @@ class JsonExporter:
         reader = self._storage.export_reader()
         try:
             while True:
-                self._changed.wait()
+                # An export skipped because another server ran upkeep is owed: look again
+                # each interval, so this server writes it soon after it takes upkeep over.
+                self._changed.wait(self._interval if self._owed else None)
                 self._changed.clear()
                 self._export_logged(reader)
                 if self._stopping.is_set():
@@ -107,7 +110,8 @@ class JsonExporter:
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
     def _export_logged(self, reader: ExportReader) -> None:
-        if not self._storage.runs_upkeep:
+        self._owed = not self._storage.runs_upkeep
+        if self._owed:
             return  # another server sharing the database writes the export now
         started, ok = now_ms(), False
         try:

@@ -108,6 +108,11 @@ class Scheduler:
                     return due_at
         return None
 
+    def held_ids(self) -> set[str]:
+        """Ids of the jobs this schedule holds (waiting or due), so that a caller handing
+        it jobs it may already hold (taken over, re-read after a reconnect) adds none twice."""
+        return {job_id for _, job_id in self._heap} | {job_id for _, job_id in self._ready}
+
     def stats(self) -> dict[str, int]:
         return {
             "scheduled": len(self._heap), "ready": len(self._ready),

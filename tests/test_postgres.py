@@ -41,8 +41,8 @@ def test_jobs_are_created_resolved_and_listed_from_postgresql(server_process, da
 
 
 def test_an_acknowledged_job_survives_a_kill_and_runs_after_the_restart(server_process, database_url):
-    server = server_process("--database-url", database_url, "--instance-lease", "1", fast=False,
-                            env={"CALO_DELAY_MIN": "2", "CALO_DELAY_MAX": "2"})
+    server = server_process("--database-url", database_url, "--instance-lease", "1", "--delay-min", "2",
+                            "--delay-max", "2")
     job_id = server.post("/jobs").json()["id"]
     server.kill()
     again = server_process("--database-url", database_url, "--instance-lease", "1")
@@ -69,3 +69,28 @@ def test_a_schema_newer_than_the_server_refuses_to_start(server_process, databas
 def test_a_bad_database_url_is_one_line(server_process):
     with pytest.raises(AssertionError, match="--database-url must be a postgresql://"):
         server_process("--database-url", "mysql://nope")
+
+
+def test_postgresql_restarting_answers_503_then_recovers_by_itself(server_process, postgres_cluster, database_url):
+    server = server_process("--database-url", database_url, "--delay-min", "1", "--delay-max", "1")
+    before = [server.post("/jobs").json()["id"] for _ in range(5)]
+    postgres_cluster.stop()
+    try:
+        refused = server.post("/jobs", headers={"Idempotency-Key": "during-outage"})
+        assert refused.status_code == 503 and refused.headers["Retry-After"].isdigit()
+        assert refused.json()["error"]["code"] == "storage_unavailable"
+        assert server.get(f"/jobs/{before[0]}").status_code == 503
+        ready = server.get("/readyz")
+        database = ready.json()["checks"]["database"]
+        assert ready.status_code == 503 and not database["ok"] and "PostgreSQL" in database["error"]
+    finally:
+        postgres_cluster.start()
+    # Back without a restart of the server: writes, reads, readiness, and every job.
+    again = poll(lambda: (r := server.post("/jobs", headers={"Idempotency-Key": "during-outage"})).status_code == 201
+                 and r, 20)
+    poll(lambda: server.get("/readyz").status_code == 200, 20)
+    for job in settled(server, [*before, again.json()["id"]], timeout=30):
+        assert job["status"] == "resolved"
+    with psycopg.connect(database_url) as conn:
+        seqs = [row[0] for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    assert seqs == list(range(1, len(seqs) + 1))

@@ -93,8 +93,9 @@ class PostgresWriter:
                  connect_options: dict[str, Any], *, on_commit: Callable[[list[Event]], None],
                  on_reconnect: Callable[[], None]):
         """`on_commit(events)` runs after each commit that appended events, once its
-        futures are completed. `on_reconnect()` runs after the connection was lost and
-        is back: a commit may have been lost in flight, so the caller re-reads its claims."""
+        futures are completed. `on_reconnect()` runs after a connection was lost while a
+        COMMIT was on its way, once a new one is open: that commit may have happened,
+        unknown to its callers, so the caller re-reads its claims."""
         self._url = url
         self._connect_options = connect_options
         self.instance_id = instance_id
@@ -104,7 +105,8 @@ class PostgresWriter:
         self._on_reconnect = on_reconnect
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._conn: psycopg.AsyncConnection | None = None
-        self._lost = False  # the connection broke; reconnecting must call on_reconnect
+        self._committing = False  # the current group's COMMIT has been sent
+        self._ambiguous = False  # a COMMIT's answer was lost: on_reconnect once reconnected
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None  # why the last group failed to reach the database
 
@@ -157,21 +159,26 @@ class PostgresWriter:
                     _fail(ops, StoreError(f"write failed: {exc!r}"))
 
     async def _commit(self, ops: list[_Op]) -> None:
-        try:
-            conn = await self._connection()
+        """Commit a group; a connection found dead before its COMMIT was sent (PostgreSQL
+        restarted since the last group) is replaced and the group run once more."""
+        for attempt in (1, 2):
             try:
-                results, events = await self._run_group(conn, ops, isolated=False)
-            except _OperationFailed:
-                results, events = await self._run_group(conn, ops, isolated=True)
-        except (psycopg.OperationalError, psycopg.InterfaceError, StoreError) as exc:
-            # A commit whose answer was lost may have happened: callers retry with their
-            # Idempotency-Key, and on_reconnect re-reads this server's claims.
-            self._broken(exc)
-            _fail(ops, StoreError(f"PostgreSQL is unavailable: {self.last_error}"))
-            return
-        except psycopg.Error as exc:
-            _fail(ops, StoreError(f"write failed: {one_line(exc)}"))
-            return
+                results, events = await self._commit_on(await self._connection(), ops)
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError, StoreError) as exc:
+                self._broken(exc)
+                if attempt == 1 and not self._committing and not isinstance(exc, StoreError):
+                    continue  # nothing of it was committed: safe to run again
+                # If the COMMIT was sent, it may have happened: callers retry with their
+                # Idempotency-Key, and on_reconnect re-reads this server's claims.
+                self._ambiguous = self._ambiguous or self._committing
+                _fail(ops, StoreError(f"PostgreSQL is unavailable: {self.last_error}"))
+                return
+            except psycopg.Error as exc:
+                _fail(ops, StoreError(f"write failed: {one_line(exc)}"))
+                return
+        if self.last_error is not None:
+            log.info("PostgreSQL writer: writes work again")
         self.last_error = None
         for op, (result, error) in zip(ops, results, strict=True):
             if op.future.done():
@@ -183,22 +190,27 @@ class PostgresWriter:
         if events:
             self._on_commit(events)
 
+    async def _commit_on(self, conn: psycopg.AsyncConnection, ops: list[_Op]):
+        self._committing = False
+        try:
+            return await self._run_group(conn, ops, isolated=False)
+        except _OperationFailed:
+            return await self._run_group(conn, ops, isolated=True)
+
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 await self._conn.close()
+            self._conn = None
             self._conn = await self._connect()
-            if self._lost:
-                self._lost = False
-                log.info("PostgreSQL writer reconnected")
+            if self._ambiguous:
+                self._ambiguous = False
                 self._on_reconnect()
         return self._conn
 
     def _broken(self, exc: BaseException) -> None:
         self.last_error = str(exc) if isinstance(exc, StoreError) else one_line(exc)
-        if not self._lost:
-            log.error("PostgreSQL writer: %s; writes fail until it is back", self.last_error)
-        self._lost = True
+        log.warning("PostgreSQL writer: %s", self.last_error)
 
     async def _run_group(
         self, conn: psycopg.AsyncConnection, ops: list[_Op], isolated: bool,
@@ -218,6 +230,7 @@ class PostgresWriter:
                 except Exception:  # rolled back here, run again isolated by _commit
                     raise _OperationFailed from None
             events = await self._finish(cur, changes)
+            self._committing = True  # leaving the block sends COMMIT
         return results, events
 
     async def _plainly(self, cur: Cursor, ops: list[_Op], changes: Changes) -> list[tuple[Any, BaseException | None]]:

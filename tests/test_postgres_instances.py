@@ -172,3 +172,25 @@ def test_three_servers_2000_creates_one_killed_every_job_resolved_once(server_pr
     first, second = (stream.events for stream in streams)
     assert first == second
     assert [seq for seq, _, _ in first] == list(range(1, latest + 1))
+
+
+def test_the_pending_cap_is_shared(server_process, tmp_path, database_url):
+    first, second = start_servers(server_process, tmp_path, database_url, 2, "--max-pending", "3",
+                                  "--delay-min", "60", "--delay-max", "60")
+    assert [first.post("/jobs").status_code for _ in range(2)] == [201, 201]
+    assert second.post("/jobs").status_code == 201
+    refused = second.post("/jobs")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "too_many_pending_jobs"
+
+
+def test_the_rate_limit_pause_is_shared(server_process, tmp_path, database_url, fake_unsplash):
+    first, second = start_servers(server_process, tmp_path, database_url, 2, "--instance-lease", "1")
+    fake_unsplash.reset_rate_limit(0)  # the key's budget is spent
+    first.post("/jobs")
+    # The first server finds out; the second learns it at its next heartbeat (0.2 s).
+    poll(lambda: second.get("/readyz").json()["checks"]["upstream"]["state"] == "rate_limited", 10)
+    calls = len(fake_unsplash.calls())
+    job_id = second.post("/jobs").json()["id"]
+    poll(lambda: second.get(f"/jobs/{job_id}").json()["error"], 10)  # due, and told it waits
+    assert second.get(f"/jobs/{job_id}").json()["error"]["code"] == "rate_limited"
+    assert len(fake_unsplash.calls()) == calls  # the second server spent nothing

@@ -15,18 +15,27 @@ Must never: hold logic of its own beyond building and connecting the parts.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.ioloop import IOLoop
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from calo.access import AccessPolicy
 from calo.api import (
-    CancelHandler, JobEventsHandler, JobHandler, JobsHandler, NotFoundHandler, RetryFailedHandler, RetryHandler,
+    CancelHandler,
+    JobEventsHandler,
+    JobHandler,
+    JobsHandler,
+    NotFoundHandler,
+    RetryFailedHandler,
+    RetryHandler,
     StatsHandler,
 )
 from calo.config import Settings
@@ -41,12 +50,18 @@ from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.stats import Activity, StatsReport
 from calo.storage import Storage, open_storage
-from calo.storage.base import Event
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
 
+if TYPE_CHECKING:
+    from calo.config import Settings
+    from calo.storage.base import Event
+
 log = logging.getLogger("calo")
+
+# (URL pattern, handler class[, its initialize() arguments])
+Route = tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
 
 WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
 SHUTDOWN_GRACE_SECONDS = 10
@@ -71,7 +86,7 @@ def make_app(
 ) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers."""
     api = {"service": service, "access": access}
-    routes = [
+    routes: list[Route] = [
         (r"/", IndexHandler, {"delays": delays}),
         (r"/openapi.json", OpenApiHandler),
         (r"/jobs", JobsHandler, api),
@@ -99,6 +114,13 @@ def make_app(
     )
     app.add_transform(RequestIdTransform)
     return app
+
+
+def asyncio_loop(loop: IOLoop) -> asyncio.AbstractEventLoop:
+    """The asyncio event loop a Tornado IOLoop runs on (every IOLoop does, since Tornado 6)."""
+    if not isinstance(loop, BaseAsyncIOLoop):
+        raise TypeError(f"{loop!r} does not run on asyncio")
+    return loop.asyncio_loop
 
 
 def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
@@ -137,7 +159,7 @@ class Calo:
         )
         try:
             await storage.start(
-                self._loop.asyncio_loop, on_events=self._on_events, on_commit=self._on_commit,
+                asyncio_loop(self._loop), on_events=self._on_events, on_commit=self._on_commit,
                 on_death=self._storage_died, on_claimed=self._on_claimed, on_rate_limit=self.gate.pause_until,
             )
         except BaseException:
@@ -162,7 +184,7 @@ class Calo:
             on_jobs_deleted=self.exporter.mark_changed,
         )
         self.upkeep.start()
-        self._start_watching({"pending_at_start": len(pending), "overdue_at_start": overdue})
+        self._start_watching(storage, {"pending_at_start": len(pending), "overdue_at_start": overdue})
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
@@ -170,10 +192,10 @@ class Calo:
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
         )
 
-    def _start_watching(self, recovery: dict[str, int]) -> None:
+    def _start_watching(self, storage: Storage, recovery: dict[str, int]) -> None:
         """Health checks, and the metrics that read the parts at scrape time."""
         self.health = Health(
-            storage=self.storage, scheduler=self.scheduler, gate=self.gate,
+            storage=storage, scheduler=self.scheduler, gate=self.gate,
             demo=self.source.name == "demo", recovery=recovery, stuck_after=self.settings.stuck_after,
         )
         self.health.start()

@@ -61,11 +61,12 @@ def allowed_methods(handler: tornado.web.RequestHandler) -> list[str]:
     return sorted(set(methods) | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"})
 
 
-class JsonErrors:
-    """RequestHandler mixin: every error answer is JSON, and logged without its URI."""
+class JsonErrors(tornado.web.RequestHandler):
+    """Handler mixin, listed before the handler's Tornado base: every error answer is
+    JSON, and logged without its URI."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        handler: tornado.web.RequestHandler = self  # type: ignore[assignment]
+        handler = self
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             code, message = error.code, error.message
@@ -83,8 +84,8 @@ class JsonErrors:
         self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None,
     ) -> None:
         """An HTTPError is told by the access line alone; anything else gets a traceback."""
-        if isinstance(value, tornado.web.HTTPError):
+        if value is None or isinstance(value, tornado.web.HTTPError):
             return
-        request = self.request  # type: ignore[attr-defined]
+        request = self.request
         fields = {"method": request.method, "path": request.path, "request_id": request_id(request)}
-        log.error("uncaught exception", extra={"fields": fields}, exc_info=(typ, value, tb))  # type: ignore[arg-type]
+        log.error("uncaught exception", extra={"fields": fields}, exc_info=(type(value), value, tb))

@@ -23,9 +23,14 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
-from calo.jobs import iso_utc, now_ms
-from calo.storage.base import ExportReader, Storage, StoreError
+from calo.clock import iso_utc, now_ms
+from calo.storage.base import StoreError
+
+if TYPE_CHECKING:
+    from calo.storage.base import ExportReader, Storage
 
 log = logging.getLogger("calo.export")
 
@@ -34,7 +39,7 @@ PACING = 5  # wait at least this many times an export's duration before the next
 FORMAT = "calo-jobs-export"
 
 
-def write_atomically(path: str, write_body) -> None:
+def write_atomically(path: str, write_body: Callable[[TextIO], None]) -> None:
     """Write a file so that readers see the old or the new one, never a mix."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp_path = tempfile.mkstemp(prefix=".jobs-", suffix=".tmp", dir=directory)
@@ -125,7 +130,7 @@ class JsonExporter:
         """Write every job to `jobs.json`; returns how many."""
         count = 0
 
-        def body(file) -> None:
+        def body(file: TextIO) -> None:
             nonlocal count
             file.write(f'{{"format":"{FORMAT}","version":1,"exported_at":"{iso_utc(now_ms())}","jobs":[')
             for chunk_count, docs in reader.iter_job_chunks():

@@ -32,16 +32,19 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
-
-from calo.jobs import FAILED, PENDING, RESOLVED, iso_utc, now_ms
 from tornado.ioloop import PeriodicCallback
 
-from calo.scheduler import Scheduler
-from calo.storage.base import Storage, StoreError
-from calo.throttle import UpstreamGate
+from calo.clock import iso_utc, now_ms
+from calo.jobs import FAILED, PENDING, RESOLVED
+from calo.storage.base import StoreError
+
+if TYPE_CHECKING:
+    from calo.scheduler import Scheduler
+    from calo.storage.base import Storage
+    from calo.throttle import UpstreamGate
 
 log = logging.getLogger("calo.health")
 
@@ -140,7 +143,8 @@ class Health:
         return check
 
     def scheduler_ok(self) -> bool:
-        return self.scheduler()["ok"]
+        ok: bool = self.scheduler()["ok"]
+        return ok
 
     def _runnable_since(self, due_at: int, now: int) -> int | None:
         """Since when a job due at `due_at` could have run; None while the upstream is
@@ -150,7 +154,7 @@ class Health:
         state = self._gate.state(now)
         if state["state"] != "ok":
             return None
-        return max(due_at, self._started_at, state["since"])
+        return max(due_at, self._started_at, state.get("since") or 0)
 
     def _note(self, check: dict[str, Any]) -> None:
         stuck = not check["ok"]
@@ -166,7 +170,7 @@ class Health:
         """ok, demo, failing (since), or rate_limited (until); plus the request budget."""
         if self._demo:
             return {"state": "demo"}
-        state = dict(self._gate.state(self._clock()))
+        state: dict[str, Any] = dict(self._gate.state(self._clock()))
         for key in ("since", "until"):
             if state.get(key):
                 state[key] = iso_utc(state[key])

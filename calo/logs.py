@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from calo.jobs import iso_utc
+from calo.clock import iso_utc
 
 
 def _quote(value: str) -> str:

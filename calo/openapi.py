@@ -54,7 +54,7 @@ ERROR_DETAIL = {
     "additionalProperties": False,
 }
 
-SCHEMAS = {
+SCHEMAS: dict[str, dict[str, Any]] = {
     "Job": {
         "type": "object",
         "required": ["id", "status", "result", "created_at", "due_at", "resolved_at",

@@ -17,10 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-
-import tornado.web
+from typing import TYPE_CHECKING
 
 from calo.errors import ApiError
+
+if TYPE_CHECKING:
+    import tornado.web
 
 MAX_INT64 = (1 << 63) - 1
 ASCII_DIGITS = re.compile(r"[0-9]{1,19}")  # 19 digits: the most a 64-bit value has

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import json
 import random
+from typing import TYPE_CHECKING
 
-from calo.jobs import PENDING, Job, draw_delay, iso_utc, now_ms
-from calo.scheduler import Scheduler
-from calo.storage.base import CreateResult, Event, NotCancellable, NotRetryable, Storage, StoreError, WrongStatus
+from calo.clock import iso_utc, now_ms
+from calo.jobs import PENDING, Job, draw_delay
+from calo.storage.base import CreateResult, Event, NotCancellable, NotRetryable, StoreError, WrongStatus
+
+if TYPE_CHECKING:
+    from calo.scheduler import Scheduler
+    from calo.storage.base import Storage
 
 __all__ = ["JobService", "NotCancellable", "NotRetryable", "Overloaded", "Resolving", "StoreError", "WrongStatus"]
 

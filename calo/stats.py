@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
-from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES, iso_utc, now_ms
+from calo.clock import iso_utc, now_ms
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES
 
 if TYPE_CHECKING:
     from calo.health import Health
     from calo.service import JobService
-    from calo.storage.base import Event, Storage
-    from calo.storage.base import StoredActivity
+    from calo.storage.base import Event, Storage, StoredActivity
 
 log = logging.getLogger("calo.stats")
 

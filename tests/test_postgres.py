@@ -5,12 +5,11 @@ tests/postgres.py; every test has a database of its own."""
 
 from __future__ import annotations
 
-
 import psycopg
 import pytest
 
 from calo.storage.postgres_schema import MIGRATIONS
-from tests.conftest import poll
+from tests.helpers import poll
 
 
 def settled(server, ids, timeout=15.0):
@@ -34,7 +33,7 @@ def test_jobs_are_created_resolved_and_listed_from_postgresql(server_process, da
     assert ready["ready"] and ready["checks"]["database"]["backend"] == "postgresql"
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT version FROM calo_schema").fetchone() == (len(MIGRATIONS),)
-        counts = dict(conn.execute("SELECT status, sum(n) FROM job_counts GROUP BY status").fetchall())
+        counts: dict[str, int] = dict(conn.execute("SELECT status, sum(n) FROM job_counts GROUP BY status").fetchall())
         assert counts == {"pending": 0, "resolved": 5}
         seqs = [row[0] for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
         assert seqs == list(range(1, 11))  # created and resolved, gap-free

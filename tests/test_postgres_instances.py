@@ -17,7 +17,7 @@ import requests
 import websockets
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import poll
+from tests.helpers import poll
 
 RESOLUTIONS = ("job.resolved", "job.failed")
 
@@ -40,7 +40,9 @@ def resolution_counts(database_url, ids):
 
 def pending_left(database_url):
     with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT count(*) FROM jobs WHERE status = 'pending'").fetchone()[0]
+        row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'pending'").fetchone()
+    assert row is not None
+    return row[0]
 
 
 class EventStream:
@@ -69,6 +71,7 @@ class EventStream:
                 pass
 
     def close(self):
+        assert self._socket is not None
         self._socket.close()
         self._thread.join(5)
 
@@ -165,7 +168,9 @@ def test_three_servers_2000_creates_one_killed_every_job_resolved_once(server_pr
     poll(lambda: pending_left(database_url) == 0, 60)
     assert resolution_counts(database_url, acknowledged) == {job_id: 1 for job_id in acknowledged}
     with psycopg.connect(database_url) as conn:
-        latest = conn.execute("SELECT last FROM event_seq").fetchone()[0]
+        row = conn.execute("SELECT last FROM event_seq").fetchone()
+    assert row is not None
+    latest = row[0]
     poll(lambda: all(stream.events and stream.events[-1][0] == latest for stream in streams), 20)
     for stream in streams:
         stream.close()

@@ -24,13 +24,23 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from calo.jobs import Job, Outcome
 from calo.store import Activity as StoredActivity
 from calo.store import (
-    CreateResult, DeletedBatch, Event, NotCancellable, NotRetryable, NotStored, RetriedBatch, StoreError, WrongStatus,
+    CreateResult,
+    DeletedBatch,
+    Event,
+    NotCancellable,
+    NotRetryable,
+    NotStored,
+    RetriedBatch,
+    StoreError,
+    WrongStatus,
 )
+
+if TYPE_CHECKING:
+    from calo.jobs import Job, Outcome
 
 __all__ = [
     "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable", "NotRetryable", "NotStored",
@@ -38,6 +48,14 @@ __all__ = [
 ]
 
 OnEvents = Callable[[list[Event]], None]
+
+
+class OutcomeWriter(Protocol):
+    """What the scheduler needs of a storage: a place to apply outcomes."""
+
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]: ...
+
+
 OnClaimed = Callable[[list[tuple[int, str]]], None]
 
 
@@ -160,7 +178,7 @@ class Storage(abc.ABC):
         that job instead (`created=False`), and nothing is written."""
 
     @abc.abstractmethod
-    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | None]]:
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]:
         """Apply what upstream attempts did: each job's new status, in order; None where it
         was not pending (or, shared, is no longer this server's to settle); `NotStored`
         where that outcome's data could not be written (the others still are)."""

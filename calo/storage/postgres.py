@@ -41,14 +41,24 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg_pool
 
-from calo.jobs import EVENT_FOR_STATUS, PENDING, RESOLVED, Job, Outcome, random_token
+from calo.jobs import EVENT_FOR_STATUS, PENDING, RESOLVED, Job, Outcome
 from calo.storage import postgres_writer as ops
 from calo.storage.base import (
-    CreateResult, DeletedBatch, Event, OnClaimed, OnEvents, RetriedBatch, Storage, StoredActivity, StoreError,
+    CreateResult,
+    DeletedBatch,
+    Event,
+    NotStored,
+    OnClaimed,
+    OnEvents,
+    RetriedBatch,
+    Storage,
+    StoredActivity,
+    StoreError,
 )
 from calo.storage.postgres_log import LogFollower
 from calo.storage.postgres_schema import UPKEEP_LOCK, migrate
 from calo.storage.postgres_writer import PostgresWriter, one_line
+from calo.tokens import random_token
 
 log = logging.getLogger("calo.storage")
 
@@ -97,7 +107,7 @@ class PostgresStorage(Storage):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: PostgresWriter | None = None
         self._follower: LogFollower | None = None
-        self._heart: asyncio.Task | None = None
+        self._heart: asyncio.Task[None] | None = None
         self._heart_conn: psycopg.AsyncConnection | None = None
         self._on_claimed: OnClaimed = lambda jobs: None
         self._on_rate_limit: Callable[[int], None] = lambda until: None
@@ -292,7 +302,7 @@ class PostgresStorage(Storage):
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def _read_all(self, sql: str, params: tuple = ()) -> list[tuple]:
+    async def _read_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of one statement on a pooled connection. A connection found broken (the
         server restarted since it was pooled) is replaced and the read tried once more."""
         for attempt in (1, 2):
@@ -310,7 +320,7 @@ class PostgresStorage(Storage):
                 raise StoreError(f"read failed: {one_line(exc)}") from None
         raise AssertionError("unreachable")
 
-    async def _read_one(self, sql: str, params: tuple = ()) -> tuple | None:
+    async def _read_one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         rows = await self._read_all(sql, params)
         return rows[0] if rows else None
 
@@ -323,7 +333,8 @@ class PostgresStorage(Storage):
         return (row[0], row[1]) if row else None
 
     async def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if status is not None:
             where.append("status = %s")
             params.append(status)
@@ -392,7 +403,7 @@ class PostgresStorage(Storage):
             " FROM events WHERE created_at >= %s AND seq <= %s AND type = %s) sample WHERE n <= %s",
             (since_ms, up_to_seq, resolved, samples),
         )
-        return StoredActivity([tuple(row) for row in counts], [tuple(row) for row in sampled])  # type: ignore[misc]
+        return StoredActivity([(m, t, n, late) for m, t, n, late in counts], [(m, late) for m, late in sampled])
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -408,7 +419,7 @@ class PostgresStorage(Storage):
         fn = ops.create_job(self.instance_id, job, idempotency_key)
         return self._write.submit(fn, new_job=job if idempotency_key is None else None)
 
-    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | None]]:
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]:
         return self._write.submit(ops.apply_outcomes(self.instance_id, outcomes))
 
     def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:

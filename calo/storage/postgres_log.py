@@ -25,7 +25,8 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from calo.jobs import EVENT_FOR_STATUS, RESOLVED, parse_iso_utc
+from calo.clock import parse_iso_utc
+from calo.jobs import EVENT_FOR_STATUS, RESOLVED
 from calo.storage.base import Event
 from calo.storage.postgres_writer import one_line
 
@@ -46,7 +47,7 @@ class LogFollower:
         self._on_events = on_events
         self._connect_options = connect_options
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.cursor = 0  # the highest seq handed on
         self.listen_error: str | None = "not listening yet"
         self.read_error: str | None = None

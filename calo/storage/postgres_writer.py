@@ -41,11 +41,18 @@ from typing import Any
 
 import psycopg
 
-from calo.jobs import (
-    CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms,
-)
+from calo.clock import iso_utc, now_ms
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome
 from calo.storage.base import (
-    CreateResult, DeletedBatch, Event, NotCancellable, NotRetryable, NotStored, RetriedBatch, StoreError, WrongStatus,
+    CreateResult,
+    DeletedBatch,
+    Event,
+    NotCancellable,
+    NotRetryable,
+    NotStored,
+    RetriedBatch,
+    StoreError,
+    WrongStatus,
 )
 
 log = logging.getLogger("calo.storage")
@@ -74,14 +81,15 @@ class Changes:
             self.count(new, 1)
 
 
-Cursor = psycopg.AsyncCursor
+Cursor = psycopg.AsyncCursor[Any]
+Result = tuple[Any, BaseException | None]  # an operation's result, or the error it raised
 OpFn = Callable[[Cursor, Changes], Awaitable[Any]]
 
 
 @dataclasses.dataclass
 class _Op:
     fn: OpFn
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     new_job: Job | None = None  # a create without a key: the group inserts these together
 
 
@@ -107,7 +115,7 @@ class PostgresWriter:
         self._conn: psycopg.AsyncConnection | None = None
         self._committing = False  # the current group's COMMIT has been sent
         self._ambiguous = False  # a COMMIT's answer was lost: on_reconnect once reconnected
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None  # why the last group failed to reach the database
 
     async def start(self) -> None:
@@ -126,7 +134,7 @@ class PostgresWriter:
             await self._conn.close()
             self._conn = None
 
-    def submit(self, fn: OpFn, new_job: Job | None = None) -> asyncio.Future:
+    def submit(self, fn: OpFn, new_job: Job | None = None) -> asyncio.Future[Any]:
         future = self._loop.create_future()
         if self._task is None:
             future.set_exception(StoreError("the PostgreSQL writer is not running"))
@@ -190,7 +198,7 @@ class PostgresWriter:
         if events:
             self._on_commit(events)
 
-    async def _commit_on(self, conn: psycopg.AsyncConnection, ops: list[_Op]):
+    async def _commit_on(self, conn: psycopg.AsyncConnection, ops: list[_Op]) -> tuple[list[Result], list[Event]]:
         self._committing = False
         try:
             return await self._run_group(conn, ops, isolated=False)
@@ -214,7 +222,7 @@ class PostgresWriter:
 
     async def _run_group(
         self, conn: psycopg.AsyncConnection, ops: list[_Op], isolated: bool,
-    ) -> tuple[list[tuple[Any, BaseException | None]], list[Event]]:
+    ) -> tuple[list[Result], list[Event]]:
         """Plainly, the group's keyless creates go in one statement, then the other
         operations run one by one; isolated, each operation runs alone in a savepoint."""
         changes = Changes()
@@ -233,8 +241,8 @@ class PostgresWriter:
             self._committing = True  # leaving the block sends COMMIT
         return results, events
 
-    async def _plainly(self, cur: Cursor, ops: list[_Op], changes: Changes) -> list[tuple[Any, BaseException | None]]:
-        results: dict[int, tuple[Any, BaseException | None]] = {}
+    async def _plainly(self, cur: Cursor, ops: list[_Op], changes: Changes) -> list[Result]:
+        results: dict[int, Result] = {}
         creates = [(index, op.new_job) for index, op in enumerate(ops) if op.new_job is not None]
         if creates:
             created = await self._insert_jobs(cur, changes, [job for _, job in creates])
@@ -262,7 +270,9 @@ class PostgresWriter:
             return []
         kinds, ids, docs, lateness = (list(column) for column in zip(*changes.events, strict=True))
         await cur.execute(_APPEND_EVENTS, {"n": len(kinds), "at": now_ms(), "types": kinds, "ids": ids, "docs": docs})
-        last, _ = await cur.fetchone()
+        row = await cur.fetchone()
+        assert row is not None  # the counter row exists from the first migration on
+        last = row[0]
         first = last - len(kinds) + 1
         return [Event(first + n, *event) for n, event in enumerate(changes.events)]
 
@@ -273,7 +283,7 @@ class _OperationFailed(Exception):
     """An operation of a group raised; the group is run again, each in a savepoint."""
 
 
-async def _in_savepoint(conn: psycopg.AsyncConnection, op: _Op, changes: Changes) -> tuple[Any, BaseException | None]:
+async def _in_savepoint(conn: psycopg.AsyncConnection, op: _Op, changes: Changes) -> Result:
     """Run one operation so that its failure undoes only its own writes."""
     own = Changes()
     try:

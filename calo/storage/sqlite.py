@@ -20,7 +20,16 @@ from collections.abc import Callable
 
 from calo.jobs import PENDING, Job, Outcome
 from calo.storage.base import (
-    CreateResult, DeletedBatch, Event, ExportReader, OnClaimed, OnEvents, RetriedBatch, Storage, StoredActivity,
+    CreateResult,
+    DeletedBatch,
+    Event,
+    ExportReader,
+    NotStored,
+    OnClaimed,
+    OnEvents,
+    RetriedBatch,
+    Storage,
+    StoredActivity,
 )
 from calo.store import DB_FILE, Database, Reader
 from calo.writer_process import WriterProcess
@@ -41,11 +50,6 @@ class SqliteStorage(Storage):
     def path(self) -> str:
         """The database file."""
         return os.path.join(self.data_dir, DB_FILE)
-
-    @property
-    def writer_pid(self) -> int | None:
-        """The writer process's pid (tests kill it)."""
-        return self._writer.pid if self._writer else None
 
     async def start(
         self, loop: asyncio.AbstractEventLoop, *, on_events: OnEvents, on_commit: OnEvents,
@@ -158,7 +162,7 @@ class SqliteStorage(Storage):
     def create_job(self, job: Job, idempotency_key: str | None = None) -> asyncio.Future[CreateResult]:
         return self._write.create_job(job, idempotency_key)
 
-    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | None]]:
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]:
         return self._write.apply_outcomes(outcomes)
 
     def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:

@@ -201,7 +201,7 @@ class Calo:
         self.health.start()
         self.metrics.registry.register(LiveCollector(
             scheduler=self.scheduler, source=self.source, gate=self.gate,
-            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter,
+            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter, storage=storage,
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()

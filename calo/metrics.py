@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from calo.export import JsonExporter
     from calo.live import Hub
     from calo.scheduler import Scheduler
-    from calo.storage.base import Event
+    from calo.storage.base import Event, Storage
     from calo.throttle import UpstreamGate
     from calo.unsplash import PhotoSource
     from calo.upkeep import Upkeep
@@ -155,10 +155,11 @@ class LiveCollector:
 
     def __init__(
         self, *, scheduler: Scheduler, source: MeteredSource, gate: UpstreamGate,
-        health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter,
+        health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter, storage: Storage,
     ):
         self._scheduler, self._source, self._gate = scheduler, source, gate
         self._health, self._hub, self._upkeep, self._exporter = health, hub, upkeep, exporter
+        self._storage = storage
 
     def collect(self) -> Iterator[Metric]:
         yield self._jobs()
@@ -168,6 +169,10 @@ class LiveCollector:
         yield CounterMetricFamily("calo_websocket_events_sent", "Job events sent to WebSocket clients",
                                   value=self._hub.events_sent)
         yield from self._upkeep_runs()
+        yield GaugeMetricFamily("calo_writer_up", "1 while writes reach the database, 0 while they fail (SQLite: "
+                                "its writer process died, and the server exits for systemd to restart it; "
+                                "PostgreSQL: it is unreachable, and the server reconnects by itself)",
+                                value=0 if self._storage.write_failure else 1)
 
     def _jobs(self) -> Metric:
         counts = self._health.counts  # refreshed by the handler just before

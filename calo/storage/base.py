@@ -217,6 +217,11 @@ class Storage(abc.ABC):
 
     # -- what only a shared database needs ------------------------------------------------
 
+    @property
+    @abc.abstractmethod
+    def write_failure(self) -> str | None:
+        """Why writes fail now (one line), or None while they work."""
+
     def describe(self) -> dict[str, object]:
         """Backend facts for /readyz's database check (beyond ok and write_ms)."""
         return {"backend": self.name}

@@ -190,6 +190,10 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self.location}: {one_line(exc)}") from None
 
+    @property
+    def write_failure(self) -> str | None:
+        return self._writer.last_error if self._writer is not None else "not started"
+
     def export_reader(self) -> PostgresExportReader:
         return PostgresExportReader(self._url)
 

@@ -78,6 +78,10 @@ class SqliteStorage(Storage):
         self._database.close()
         self._database = None
 
+    @property
+    def write_failure(self) -> str | None:
+        return self._writer.failure if self._writer is not None else "not started"
+
     def export_reader(self) -> ExportReader:
         assert self._database is not None
         return self._database.reader()

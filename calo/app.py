@@ -1,21 +1,17 @@
 """Wiring, in one place: the route table, and the parts built from `Settings`.
 
 Owns which part talks to which, and the order they start and stop in:
-start: database (lock, migrate) -> writer process -> IOLoop reader -> scheduler (recovery)
--> JSON exporter -> upkeep -> health checks, metrics and the supervisor; stop (within one
-grace period): /readyz says 503 -> upkeep, supervisor -> scheduler (grace for in-flight
-fetches) -> requests already read are answered (`answer_requests`) -> writer (commits
-what was sent, checkpoints the WAL; killed at the end of the grace) -> exporter (final
-flush) -> reader -> database lock.
+start: storage (SQLite: lock, migrate, writer process, reader; PostgreSQL: migrate, writer,
+pool, log follower) -> scheduler (recovery) -> JSON exporter -> upkeep -> health checks and
+metrics -> the supervisor; stop (within one grace period): /readyz says 503 -> upkeep,
+supervisor -> scheduler (grace for in-flight fetches) -> requests already read are answered
+(`answer_requests`) -> storage (commits what was sent and, for SQLite, checkpoints the WAL;
+a writer that does not stop by the end of the grace is killed) -> exporter (final flush).
 
-A job is scheduled when its commit's events arrive (`_on_commit`), not when its request
-is answered: a create whose answer timed out (`commit_unknown`) but that committed later
-still runs.
-
-Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_commit`
-and `_writer_died`: the writer process's results arrive on the IOLoop (a reader callback
-on its pipe). Other threads (the pool, the exporter) cross only through
-`run_in_executor` futures and the exporter's thread-safe `mark_changed`.
+Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_events`,
+`_on_commit` and `_storage_died`: the storage calls them on the IOLoop. Other threads
+(the pool, the exporter) cross only through `run_in_executor` futures and the exporter's
+thread-safe `mark_changed`.
 Must never: hold logic of its own beyond building and connecting the parts.
 """
 
@@ -56,15 +52,15 @@ from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.stats import Activity, StatsReport
-from calo.store import Database, Event
+from calo.storage import Storage, open_storage
 from calo.supervisor import Supervisor
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
-from calo.writer_process import WriterProcess
 
 if TYPE_CHECKING:
     from calo.config import Settings
+    from calo.storage.base import Event
 
 log = logging.getLogger("calo")
 
@@ -73,7 +69,7 @@ Route = tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type[tornado.w
 
 WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
 SHUTDOWN_GRACE_SECONDS = 10
-WRITER_STOP_SECONDS = 2.0  # the least the writer gets to commit what was sent, at stop
+STORAGE_STOP_SECONDS = 2.0  # the least the writer gets to commit what was sent, at stop
 
 
 def find_web_root() -> str:
@@ -108,7 +104,7 @@ def make_app(
         (r"/ws", EventsSocket, {"service": service, "hub": hub, "access": access}),
         (r"/healthz", HealthzHandler),
         (r"/readyz", ReadyzHandler, {"health": health}),
-        (r"/metrics", MetricsHandler, {"metrics": metrics}),
+        (r"/metrics", MetricsHandler, {"metrics": metrics, "health": health}),
     ]
     app = tornado.web.Application(
         routes,
@@ -143,7 +139,7 @@ class Calo:
 
     def __init__(self, settings: Settings, on_fatal: Callable[[str], None] = lambda reason: None):
         """`on_fatal(reason)` is called (on the IOLoop) if the service can no longer work
-        (its writer process died); the process should then stop and exit non-zero."""
+        (its storage can no longer write); the process should then stop and exit non-zero."""
         self.settings = settings
         self.on_fatal = on_fatal
         self.web_root = find_web_root()
@@ -152,43 +148,48 @@ class Calo:
         self.hub = Hub()
         self.activity = Activity()
         self._loop = IOLoop.current()
-        self.database: Database | None = None
+        self.storage: Storage | None = None
 
-    def start(self) -> tornado.web.Application:
-        """Open the data dir and start every part; returns the web application.
+    async def start(self) -> tornado.web.Application:
+        """Open the storage and start every part; returns the web application.
         Raises StoreError (one line) if the data dir or database is unusable."""
         settings = self.settings
-        self.database = Database(settings.data_dir)
-        self.exporter = JsonExporter(self.database)
-        # The writer runs in its own process; each group's results and events come back
-        # to the IOLoop as one message.
-        self.writer = WriterProcess(self.database.path, self._on_commit, asyncio_loop(self._loop), self._writer_died,
-                                    write_timeout=settings.write_timeout)
-        self.writer.start()
-        self.reader = self.database.reader()
+        storage = open_storage(settings)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
         self.gate = UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000))
         self.scheduler = Scheduler(
-            source=self.source, writer=self.writer, pool=self.pool,
+            source=self.source, writer=storage, pool=self.pool,
             gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
         )
+        try:
+            await storage.start(
+                asyncio_loop(self._loop), on_events=self._on_events, on_commit=self._on_commit,
+                on_death=self._storage_died, on_claimed=self._on_claimed, on_rate_limit=self.gate.pause_until,
+            )
+        except BaseException:
+            self.pool.shutdown(wait=False)
+            raise
+        self.storage = storage
+        self.gate.on_rate_limited = storage.share_rate_limit
+        self.exporter = JsonExporter(storage, settings.data_dir)
         self.service = JobService(
-            reader=self.reader, writer=self.writer, scheduler=self.scheduler,
+            storage=storage, scheduler=self.scheduler,
             delays=(settings.delay_min, settings.delay_max, settings.delay_step),
             max_pending=settings.max_pending,
         )
-        self.activity.seed(self.database, self.reader.latest_seq())  # before anything commits
-        pending = self.reader.pending_due()
+        self.activity.seed(storage, await storage.latest_seq())  # before this server commits
+        pending = await storage.jobs_to_schedule()
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
+        storage.start_background()
         self.exporter.start()
         self.upkeep = Upkeep(
-            self.writer, settings.event_retention, retain_days=settings.retain_days,
+            storage, settings.event_retention, retain_days=settings.retain_days,
             on_jobs_deleted=self.exporter.mark_changed,
         )
         self.upkeep.start()
-        self._start_watching({"pending_at_start": len(pending), "overdue_at_start": overdue})
+        self._start_watching(storage, {"pending_at_start": len(pending), "overdue_at_start": overdue})
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
@@ -196,52 +197,60 @@ class Calo:
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
         )
 
-    def _start_watching(self, recovery: dict[str, int]) -> None:
+    def _start_watching(self, storage: Storage, recovery: dict[str, int]) -> None:
         """Health checks, and the metrics that read the parts at scrape time."""
         self.health = Health(
-            reader=self.reader, writer=self.writer, scheduler=self.scheduler, gate=self.gate,
+            storage=storage, scheduler=self.scheduler, gate=self.gate,
             demo=self.source.name == "demo", recovery=recovery, stuck_after=self.settings.stuck_after,
         )
+        self.health.start()
         self.metrics.registry.register(LiveCollector(
-            reader=self.reader, scheduler=self.scheduler, source=self.source, gate=self.gate,
-            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter, writer=self.writer,
+            scheduler=self.scheduler, source=self.source, gate=self.gate,
+            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter, storage=storage,
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()
-        self.supervisor = Supervisor(
-            {"the writer process": self.writer.alive, "the JSON export thread": self.exporter.alive}, self.on_fatal)
+        self.supervisor = Supervisor({"the JSON export thread": self.exporter.alive}, self.on_fatal)
         self.supervisor.start()
 
-    def _writer_died(self, reason: str) -> None:
+    def _storage_died(self, reason: str) -> None:
         """Nothing can be committed any more: say so, and let the process exit (systemd
         restarts it; recovery takes well under a second)."""
         log.critical("%s; every write fails, stopping so that the service restarts", reason)
         self.on_fatal(reason)
 
-    def _on_commit(self, events: list[Event]) -> None:
-        """IOLoop thread, after each commit: schedule the jobs it made pending, tell the
-        live feed, the exporter, the metrics."""
-        for event in events:
-            if event.due_at is not None:
-                self.scheduler.add(event.job_id, event.due_at)
+    def _on_events(self, events: list[Event]) -> None:
+        """IOLoop thread: events committed to the database (by any server), in seq order."""
         self.hub.publish(events)
         self.exporter.mark_changed()
+        self.activity.observe(events)  # the dashboard shows every server's activity
+
+    def _on_claimed(self, jobs: list[tuple[int, str]]) -> None:
+        """IOLoop thread: pending jobs this server runs from now on (taken over, or
+        re-read after a commit's answer was lost); those it holds already are skipped."""
+        held = self.scheduler.held_ids()
+        for due_at, job_id in jobs:
+            if job_id not in held:
+                self.scheduler.add(job_id, due_at)
+
+    def _on_commit(self, events: list[Event]) -> None:
+        """IOLoop thread, after each of this server's commits: count it."""
         self.metrics.observe_committed(events)
-        self.activity.observe(events)
 
     async def stop(
         self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
         answer_requests: Callable[[float], Awaitable[object]] | None = None,
     ) -> bool:
         """Finish in-flight fetches; await `answer_requests(seconds left)` (the server
-        answers the requests it has read, while the writer still takes their writes);
-        commit what was sent, within the grace period (the writer gets at least
-        WRITER_STOP_SECONDS, then is killed); flush and close. True if the writer
-        stopped by itself. Idempotent."""
-        if self.database is None:
+        answers the requests it has read, while the storage still takes their writes);
+        commit what was sent, within the grace period (the storage gets at least
+        STORAGE_STOP_SECONDS; a writer still busy then is killed); flush and close. True
+        if the storage stopped cleanly. Idempotent."""
+        if self.storage is None:
             return True
         deadline = time.monotonic() + grace_seconds
         self.health.shutting_down = True  # /readyz answers 503 from now on
+        self.health.stop()
         self.loop_lag.stop()
         self.upkeep.stop()
         self.supervisor.stop()
@@ -249,10 +258,8 @@ class Calo:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if answer_requests is not None:  # each ends within --write-timeout, even with a stopped writer
             await answer_requests(max(0.0, deadline - time.monotonic()))
-        clean = await self.writer.stop(max(WRITER_STOP_SECONDS, deadline - time.monotonic()))
+        clean = await self.storage.stop(max(STORAGE_STOP_SECONDS, deadline - time.monotonic()))
         self.hub.close_all()
         self.exporter.stop()
-        self.reader.close()
-        self.database.close()
-        self.database = None
+        self.storage = None
         return clean

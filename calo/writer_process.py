@@ -46,6 +46,7 @@ import asyncio
 import collections
 import ctypes
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -57,7 +58,18 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from calo.store import CommitUnknown, Completion, Event, StoreError, Writer, WriterBusy, WriteRequests, WrongStatus
+from calo.store import (
+    CommitUnknown,
+    Completion,
+    CreateResult,
+    Event,
+    RetriedBatch,
+    StoreError,
+    Writer,
+    WriterBusy,
+    WriteRequests,
+    WrongStatus,
+)
 
 log = logging.getLogger("calo.writer")
 
@@ -88,6 +100,7 @@ class WriterProcess(WriteRequests):
         loop: asyncio.AbstractEventLoop,
         on_death: Callable[[str], None] = lambda reason: None,
         *,
+        on_late: Callable[[list[tuple[int, str]]], None] = lambda jobs: None,
         write_timeout: float = 5.0,
         max_outstanding: int = MAX_OUTSTANDING,
         max_unsent_bytes: int = MAX_UNSENT_BYTES,
@@ -95,16 +108,20 @@ class WriterProcess(WriteRequests):
         """`on_commit(events)` runs on the loop after each commit that appended events,
         after that commit's futures were completed. `on_death(reason)` runs on the loop
         once if the child dies or stops taking writes while the server runs: from then
-        on every write fails. A request unanswered after `write_timeout` seconds fails."""
+        on every write fails. A request unanswered after `write_timeout` seconds fails
+        with CommitUnknown; if it commits later, `on_late([(due_at, job id), ...])` gets
+        the jobs it made pending (a create or retry), so that they still run."""
         self._path = path
         self._on_commit = on_commit
         self._on_death = on_death
+        self._on_late = on_late
         self._loop = loop
         self._write_timeout = write_timeout
         self._max_outstanding = max_outstanding
         self._max_unsent_bytes = max_unsent_bytes
         self._numbers = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}  # sent or buffered, unanswered
+        self._late: set[int] = set()  # sent, answered CommitUnknown by the time limit
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()  # in request order
         self._unsent: collections.deque[tuple[int, bytes]] = collections.deque()
         self._unsent_bytes = 0
@@ -259,6 +276,7 @@ class WriterProcess(WriteRequests):
                 future.set_exception(StoreError(
                     f"the writer did not take the write within {self._write_timeout:g} s; not stored"))
             else:
+                self._late.add(number)
                 future.set_exception(CommitUnknown(
                     f"the writer did not answer within {self._write_timeout:g} s; the write may have been stored"))
         self._sweep_handle = self._loop.call_later(SWEEP_SECONDS, self._sweep)
@@ -308,23 +326,33 @@ class WriterProcess(WriteRequests):
         """Complete a group's futures, then report its events."""
         kind = message[0]
         if kind == "group":
-            self._complete(message[1])
+            late = self._complete(message[1])
             if message[2]:
                 self._on_commit(message[2])
+            if late:
+                self._on_late(_made_pending(late, message[2]))
         elif kind == "fatal":
             self._writes_lost(message[1])
         elif kind == "stopped" and self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)
 
-    def _complete(self, completions: list[Completion]) -> None:
+    def _complete(self, completions: list[Completion]) -> list[Any]:
+        """Settle the futures of a group's requests; the results of those that had
+        been ended by the time limit and committed after all."""
+        late = []
         for tag, result, error in completions:
             future = self._waiting.pop(tag, None) if isinstance(tag, int) else None
             if future is None or future.done():
-                continue  # ended by the time limit: its caller was told the outcome is unknown
+                if tag in self._late:  # its caller was told the outcome is unknown
+                    self._late.discard(tag)
+                    if error is None:
+                        late.append(result)
+                continue
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+        return late
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -381,6 +409,19 @@ class WriterProcess(WriteRequests):
                 self._loop.remove_writer(fd)
                 os.close(fd)
         self._requests_fd = self._results_fd = -1
+
+
+def _made_pending(results: list[Any], events: list[Event]) -> list[tuple[int, str]]:
+    """(due_at, job id) of the jobs these results (a create's, a retry's) made pending."""
+    ids: set[str] = set()
+    for result in results:
+        if isinstance(result, CreateResult):
+            ids.add(result.job_id)
+        elif isinstance(result, RetriedBatch):
+            ids.update(result.job_ids)
+        elif isinstance(result, str):  # a retried (or cancelled) job's document
+            ids.add(json.loads(result)["id"])
+    return [(event.due_at, event.job_id) for event in events if event.due_at is not None and event.job_id in ids]
 
 
 def _read_frame(file: BinaryIO) -> Any:

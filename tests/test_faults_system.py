@@ -29,12 +29,13 @@ import time
 import pytest
 import requests
 
+from calo.app import Calo
 from calo.clock import now_ms
 from calo.jobs import Job
 from calo.logs import RateLimit
 from calo.store import Completion, Database, StoreError, Writer, WriterBusy
 from calo.writer_process import WriterProcess
-from tests.helpers import all_jobs, poll
+from tests.helpers import all_jobs, poll, wait_until
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300", "--delay-step", "5")
 NOT_STORED = {"storage_unavailable", "storage_busy", "too_many_pending_jobs", "shutting_down", "unavailable"}
@@ -459,3 +460,18 @@ def test_a_repeating_log_line_is_let_through_a_few_times_per_interval():
     now[0] = 10.0
     line = record("cannot accept: %s")
     assert limit.filter(line) and line.__dict__["suppressed"] == 97
+
+
+@pytest.mark.gen_test
+async def test_the_supervisor_stops_the_server_when_the_export_thread_is_gone(io_loop, settings):
+    fatal: list[str] = []
+    service = Calo(settings, on_fatal=fatal.append)
+    await service.start()
+    try:
+        service.exporter.stop()  # its thread ends, as if an error had killed it
+        await wait_until(lambda: fatal, timeout=5)
+        assert fatal == ["the JSON export thread stopped unexpectedly"]
+        await asyncio.sleep(1.5)
+        assert len(fatal) == 1  # said once
+    finally:
+        await service.stop(grace_seconds=2)

@@ -27,7 +27,6 @@ export class CreateQueue {
     this.again = false;
     this.failStreak = 0;
     this.timer = null;
-    this.nextRetryAt = null;
     // Another tab changed the queue: adopt its view (keys are idempotent anyway).
     window.addEventListener('storage', (e) => {
       if (e.key !== STORAGE_KEY) return;
@@ -75,7 +74,6 @@ export class CreateQueue {
     this.flushing = true;
     clearTimeout(this.timer);
     this.timer = null;
-    this.nextRetryAt = null;
     let retryIn = null;
     try {
       for (const entry of [...this.entries]) {
@@ -108,7 +106,6 @@ export class CreateQueue {
       this.again = false;
       this.flush();
     } else if (retryIn != null && this.entries.length) {
-      this.nextRetryAt = Date.now() + retryIn;
       this.timer = setTimeout(() => this.flush(), retryIn);
     }
   }

@@ -1,6 +1,6 @@
 // view.js — owns rendering: the job list (keyed, incremental DOM updates;
 // only the jobs the store says are visible), queued-press placeholders, the
-// job detail view, the connection indicator, toasts and the 1 s ticker for
+// job detail view, the connection indicator, toasts and the 500 ms ticker for
 // countdowns / relative times. Every value from the API or Unsplash goes in
 // through textContent / setAttribute (via h()) and every href/src through
 // safeUrl — never innerHTML.

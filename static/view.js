@@ -10,7 +10,7 @@
 
 import {
   clockText, clockTime, countdownText, durationText, fullTime, h, icon, msText, now, parseTime, relTime,
-  safeColor, safeUrl, withUtm,
+  safeColor, safeUrl, withUtm, zoneName,
 } from './util.js';
 import { applyBlurhash } from './blurhash.js';
 
@@ -523,7 +523,9 @@ export class DetailView {
       h('div', { class: 'detail-grid' },
         h('div', { class: 'detail-media' }, media,
           h('section', { class: 'panel timeline-panel', 'aria-labelledby': 'timeline-title' },
-            h('h2', { class: 'panel-title', id: 'timeline-title', text: 'Timeline' }), this.timelineBox)),
+            h('h2', { class: 'panel-title', id: 'timeline-title' }, 'Timeline ',
+              h('span', { class: 'subtle zone-note', 'data-testid': 'timeline-zone', text: `times in ${zoneName()}` })),
+            this.timelineBox)),
         h('section', { class: 'panel', 'aria-label': 'Job details' }, h('dl', { class: 'facts' }, rows))));
   }
 }

@@ -139,10 +139,12 @@ def test_the_timeline_fills_live_and_times_switch_between_local_and_utc(server_p
 
         created = page.locator(".fact", has_text="Created").locator("dd")
         expect(created).to_contain_text("GMT+9")  # Tokyo's local time, with its zone
+        expect(page.get_by_test_id("timeline-zone")).to_have_text("times in GMT+9")
         toggle = page.get_by_test_id("tz-toggle")
         toggle.click()
         expect(toggle).to_have_attribute("aria-pressed", "true")
         expect(created).to_contain_text("UTC")
+        expect(page.get_by_test_id("timeline-zone")).to_have_text("times in UTC")
         page.reload()  # the choice is kept
         expect(page.locator(".fact", has_text="Created").locator("dd")).to_contain_text("UTC", timeout=WAIT_MS)
         toggle.click()

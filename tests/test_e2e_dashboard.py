@@ -396,3 +396,23 @@ def test_the_timeline_shows_each_failed_try_and_the_wait_for_the_rate_limit(serv
     expect(waited).to_contain_text("Waiting for the rate limit", timeout=WAIT_MS)
     fake_unsplash.reset_rate_limit(50)
     expect(timeline.locator('li[data-type="job.resolved"]')).to_have_count(1, timeout=WAIT_MS)
+
+
+def test_not_now_leaves_a_banner_that_asks_again_and_no_prompt_on_every_401(server_process, page):
+    server = server_process(*SHORT, "--private", env={"CALO_API_TOKEN": TOKEN})
+    page.goto(server.url + "/")
+    dialog = page.get_by_test_id("token-dialog")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    dialog.get_by_role("button", name="Not now").click()
+    expect(dialog).to_be_hidden()
+    banner = page.get_by_test_id("auth-banner")
+    expect(banner).to_be_visible()
+    expect(page.get_by_test_id("reconnecting-banner")).to_be_hidden()  # the token banner says why
+    page.get_by_test_id("create-job").click()  # refused (401), queued, and no second prompt
+    expect(page.get_by_test_id("queued-item")).to_have_count(1, timeout=WAIT_MS)
+    expect(dialog).to_be_hidden()
+    page.get_by_test_id("enter-token").click()
+    give_token(page, TOKEN)
+    expect(page.get_by_test_id("job-item")).to_have_count(1, timeout=RECONNECT_MS)  # the press, sent once
+    expect(banner).to_be_hidden()
+    assert len(server.get("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()) == 1

@@ -168,8 +168,11 @@ export class ListView {
     this.empty.hidden = !showEmpty && !(!hasData && paging.error);
     if (!hasData && paging.error) {
       this.empty.dataset.kind = 'error';
-      this.emptyTitle.textContent = 'Could not load jobs';
-      this.emptyText.textContent = `${paging.error.message} Retrying automatically…`;
+      const needsToken = paging.error.status === 401;
+      this.emptyTitle.textContent = needsToken ? 'This server needs its API token' : 'Could not load jobs';
+      this.emptyText.textContent = needsToken
+        ? 'Press Enter token above; the jobs load as soon as it is accepted.'
+        : `${paging.error.message} Retrying automatically…`;
       this.retry.hidden = false;
     } else if (showEmpty) {
       this.empty.dataset.kind = 'empty';

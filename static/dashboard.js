@@ -26,7 +26,8 @@ export class StatsFeed {
 
   start() {
     this.refreshSoon();
-    setInterval(() => this.refreshSoon(), EVERY_MS);
+    setInterval(() => { if (!document.hidden) this.refreshSoon(); }, EVERY_MS);
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) this.refreshSoon(); });
   }
 
   /** Something changed: fetch the numbers again soon (coalesced). */

@@ -475,3 +475,20 @@ async def test_the_supervisor_stops_the_server_when_the_export_thread_is_gone(io
         assert len(fatal) == 1  # said once
     finally:
         await service.stop(grace_seconds=2)
+
+
+def test_a_create_answered_commit_unknown_that_commits_later_still_runs(server_process):
+    server = server_process(env={"CALO_WRITE_TIMEOUT": "1"})
+    writer = server.writer_pid()
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        answer = server.post("/jobs", headers={"Idempotency-Key": "late-1"})
+        assert answer.status_code == 503 and error_code(answer) == "commit_unknown", answer.text
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    # The retry the README asks for finds the job the first request made...
+    again = server.post("/jobs", headers={"Idempotency-Key": "late-1"})
+    assert again.status_code == 200
+    job_id = again.json()["id"]
+    # ...and it runs, though no answer ever told the scheduler about it.
+    poll(lambda: server.get(f"/jobs/{job_id}").json()["status"] == "resolved", timeout=15)

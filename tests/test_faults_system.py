@@ -23,6 +23,7 @@ import socket
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -35,7 +36,7 @@ from calo.jobs import Job
 from calo.logs import RateLimit
 from calo.store import Completion, Database, StoreError, Writer, WriterBusy
 from calo.writer_process import WriterProcess
-from tests.helpers import all_jobs, poll, wait_until
+from tests.helpers import ROOT, all_jobs, poll, wait_until
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300", "--delay-step", "5")
 NOT_STORED = {"storage_unavailable", "storage_busy", "too_many_pending_jobs", "shutting_down", "unavailable"}
@@ -492,3 +493,13 @@ def test_a_create_answered_commit_unknown_that_commits_later_still_runs(server_p
     job_id = again.json()["id"]
     # ...and it runs, though no answer ever told the scheduler about it.
     poll(lambda: server.get(f"/jobs/{job_id}").json()["status"] == "resolved", timeout=15)
+
+
+def test_max_connections_above_the_descriptor_limit_stops_the_start_with_one_line(data_dir):
+    started = subprocess.run(
+        ["prlimit", "--nofile=128:128", sys.executable, "server.py", "--port", "0", "--max-connections", "500"],
+        cwd=ROOT, env={**os.environ, "CALO_DATA_DIR": data_dir}, capture_output=True, text=True, timeout=60,
+    )
+    assert started.returncode == 1
+    [line] = [line for line in started.stderr.splitlines() if "level=error" in line]
+    assert "--max-connections 500 needs" in line and "the limit is 128" in line

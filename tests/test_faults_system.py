@@ -379,7 +379,8 @@ def test_the_exporter_outlives_an_export_error_and_metrics_say_so(server_process
             return last in {job["id"] for job in json.load(file)["jobs"]}
 
     poll(exported, timeout=15)
-    assert 'calo_upkeep_last_run_ok{task="export_json"} 1.0' in server.get("/metrics").text
+    # The run's result is recorded just after the file is renamed into place.
+    poll(lambda: 'calo_upkeep_last_run_ok{task="export_json"} 1.0' in server.get("/metrics").text, timeout=10)
     assert server.terminate() == 0
 
 

@@ -1,10 +1,10 @@
 """Wiring, in one place: the route table, and the parts built from `Settings`.
 
 Owns which part talks to which, and the order they start and stop in:
-start: database (lock, migrate) -> writer process -> IOLoop reader -> scheduler (recovery)
--> JSON exporter -> upkeep -> health checks and metrics; stop: /readyz says 503 -> upkeep
--> scheduler (grace for in-flight fetches) -> writer (commits what is queued) -> exporter
-(final flush) -> reader -> database lock.
+start: database (lock, migrate) -> writer process -> IOLoop reader -> clock watch ->
+scheduler (recovery) -> JSON exporter -> upkeep -> health checks and metrics; stop:
+/readyz says 503 -> upkeep -> scheduler (grace for in-flight fetches, then the rest cut
+short) -> writer (commits what is queued) -> exporter (final flush) -> reader -> database lock.
 
 Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_commit`
 and `_writer_died`: the writer process's results arrive on the IOLoop (a reader callback
@@ -38,6 +38,7 @@ from calo.api import (
     RetryHandler,
     StatsHandler,
 )
+from calo.clockwatch import ClockWatch
 from calo.config import Settings
 from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
@@ -158,10 +159,13 @@ class Calo:
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
         self.gate = UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000))
+        self.clock_watch = ClockWatch()  # wall-clock steps: the scheduler plans its timer again
+        self.clock_watch.start()
         self.scheduler = Scheduler(
             source=self.source, writer=self.writer, pool=self.pool,
             gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
+            clock_watch=self.clock_watch,
         )
         self.service = JobService(
             reader=self.reader, writer=self.writer, scheduler=self.scheduler,
@@ -191,6 +195,7 @@ class Calo:
         self.health = Health(
             reader=self.reader, writer=self.writer, scheduler=self.scheduler, gate=self.gate,
             demo=self.source.name == "demo", recovery=recovery, stuck_after=self.settings.stuck_after,
+            clock_watch=self.clock_watch,
         )
         self.metrics.registry.register(LiveCollector(
             reader=self.reader, scheduler=self.scheduler, source=self.source, gate=self.gate,
@@ -218,6 +223,7 @@ class Calo:
             return
         self.health.shutting_down = True  # /readyz answers 503 from now on
         self.loop_lag.stop()
+        self.clock_watch.stop()
         self.upkeep.stop()
         await self.scheduler.stop(grace_seconds)
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -108,7 +108,8 @@ class Repeating:
     """Call `callback` every `every_seconds` on the IOLoop, timed by the monotonic clock
     (Tornado's `PeriodicCallback` would stop for as long as a backward wall-clock step).
     Missed periods are skipped, not made up for. A callback that returns an awaitable has
-    it run as a task. An exception is logged, and the next call still comes."""
+    it run as a task, and is not called again while that task runs. An exception is
+    logged, and the next call still comes."""
 
     def __init__(self, callback: Callable[[], Any], every_seconds: float, jitter: float = 0.0):
         self._callback = callback
@@ -116,6 +117,7 @@ class Repeating:
         self._jitter = jitter  # e.g. 0.1: each period drawn from 95% to 105%
         self._handle: object | None = None
         self._next = 0.0
+        self._task: asyncio.Future[Any] | None = None
 
     def start(self) -> None:
         """Start calling, the first time one period from now. IOLoop thread."""
@@ -136,10 +138,14 @@ class Repeating:
         self._handle = self._loop.call_later(self._next - now, self._run)
 
     def _run(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._schedule()  # the last run is still going: skip this period
+            return
         try:
             result = self._callback()
             if inspect.isawaitable(result):
-                asyncio.ensure_future(result).add_done_callback(_log_failure)
+                self._task = asyncio.ensure_future(result)
+                self._task.add_done_callback(_log_failure)
         except Exception:
             log.exception("periodic call of %r failed", self._callback)
         self._schedule()

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
-from calo.clock import iso_utc, now_ms  # wall-clock times for log lines only
+from calo.clock import iso_utc
+from calo.clockwatch import Clock
 
 log = logging.getLogger("calo.upstream")
 
@@ -47,8 +49,13 @@ class UpstreamState(TypedDict):
 
 
 class UpstreamGate:
-    def __init__(self, workers: int, rate_limit_pause_ms: int = RATE_LIMIT_PAUSE_MS, rng: random.Random | None = None):
+    def __init__(
+        self, workers: int, rate_limit_pause_ms: int = RATE_LIMIT_PAUSE_MS, rng: random.Random | None = None,
+        clock: Clock | None = None,
+    ):
         self._workers = workers
+        self._clock = clock or Clock()  # wall-clock times for log lines and other servers only
+        self.on_rate_limited: Callable[[int], None] = lambda until: None  # e.g. tell the other servers
         self._rate_limit_pause_ms = rate_limit_pause_ms
         self._rng = rng or random.Random()
         self.failures = 0  # consecutive failed rounds of calls
@@ -103,7 +110,7 @@ class UpstreamGate:
         (the upstream's Retry-After) holds calls back at least that long."""
         if self._escalated_at is None or started_at >= self._escalated_at:
             if not self.failures:
-                log.warning("upstream failing since %s", iso_utc(now_ms()))
+                log.warning("upstream failing since %s", iso_utc(self._clock.wall()))
                 self.failing_since = now
             self.failures += 1
             self._escalated_at = now
@@ -112,15 +119,26 @@ class UpstreamGate:
         if retry_after_ms is not None:
             self.open_at = max(self.open_at, now + min(retry_after_ms, RETRY_AFTER_CAP_MS))
 
+    def pause_until(self, until: int) -> None:
+        """Another server found the budget spent: no call before `until` (wall-clock ms,
+        the one clock servers share), held here on the monotonic clock."""
+        until_monotonic = self._clock.monotonic_at(until)
+        if until_monotonic > self.rate_limited_until:
+            self.rate_remaining = 0
+            self.rate_limited_until = until_monotonic
+            log.warning("upstream rate limited until %s (found by another server)", iso_utc(until))
+            self.open_at = max(self.open_at, until_monotonic)
+
     def rate_limited(self, now: int, pause_ms: int | None = None) -> None:
         """The budget is spent: no call for `pause_ms` (the upstream's Retry-After), or
         `--rate-limit-pause` when it gave none."""
         pause = self._rate_limit_pause_ms if pause_ms is None else min(pause_ms, RETRY_AFTER_CAP_MS)
         self.rate_remaining = 0
         self.rate_limited_until = max(self.rate_limited_until, now + pause)
-        log.warning("upstream rate limited until %s (%.0f s)", iso_utc(now_ms() + self.rate_limited_until - now),
+        log.warning("upstream rate limited until %s (%.0f s)", iso_utc(self._clock.wall_at(self.rate_limited_until)),
                     (self.rate_limited_until - now) / 1000)
         self.open_at = max(self.open_at, self.rate_limited_until)
+        self.on_rate_limited(self._clock.wall_at(self.rate_limited_until))
 
     def rejected(self, now: int, reason: str) -> None:
         """The upstream refused the access key (401, or a 403 that is not a rate limit)."""

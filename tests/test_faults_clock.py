@@ -10,6 +10,8 @@ wall clock; durations here are the test's monotonic clock.
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 import time
 
 import pytest
@@ -131,3 +133,27 @@ def test_a_step_back_while_backing_off_does_not_hold_the_upstream_shut(server_pr
     poll(lambda: step_noticed(server, "back"), timeout=5)
     fake_unsplash.clear_faults()
     poll(lambda: job_doc(server, job_id)["status"] == "resolved", timeout=15)  # not an hour later
+
+
+def test_the_systemd_watchdog_keeps_pinging_across_a_step_back(server_process, clock):
+    """Tornado's PeriodicCallback keeps its next deadline on the wall clock: after a step
+    back of an hour it fell silent for that hour, and systemd would have killed a healthy
+    server for a missed watchdog."""
+    with tempfile.TemporaryDirectory(prefix="calo-notify-") as directory, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(os.path.join(directory, "notify"))
+        manager.settimeout(10)
+        env = {**clock.environ, "NOTIFY_SOCKET": os.path.join(directory, "notify"), "WATCHDOG_USEC": "400000"}
+        server = server_process(env=env)
+        while b"WATCHDOG=1" not in manager.recv(4096):
+            pass
+        clock.step(-HOUR)
+        poll(lambda: step_noticed(server, "back"), timeout=5)
+        pings, deadline = 0, time.monotonic() + 2  # a ping every 0.2 s
+        while time.monotonic() < deadline:
+            manager.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                pings += b"WATCHDOG=1" in manager.recv(4096)
+            except TimeoutError:
+                break
+        assert pings >= 4, f"{pings} watchdog pings in the 2 s after a step back"

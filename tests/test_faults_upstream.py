@@ -188,3 +188,13 @@ def test_rate_limited_calls_never_use_up_a_jobs_tries(server_process, fake_unspl
     done = job_doc(server, job_id)
     assert done["status"] == "resolved" and done["attempts"] == 1, done
     assert fake_unsplash.photo_requests_count >= 5
+
+
+def test_an_answer_too_big_to_be_photos_is_refused_and_retried(server_process, fake_unsplash):
+    fake_unsplash.set_photo_override({"description": "x" * (5 << 20)})  # a field we do not even keep
+    server = server_process("--unsplash-batch", "1")
+    job_id = server.post("/jobs").json()["id"]
+    message = poll(lambda: (job_doc(server, job_id)["error"] or {}).get("message"), timeout=15)
+    assert message == "Unsplash sent an answer over 4 MiB" and job_doc(server, job_id)["status"] == "pending"
+    fake_unsplash.set_photo_override(None)
+    poll(lambda: job_doc(server, job_id)["status"] == "resolved", timeout=15)

@@ -199,6 +199,12 @@ export function fullTime(ms) {
   return fullFmt.format(ms);
 }
 
+/** The chosen zone's short name: "UTC", "GMT+9", "CET"... */
+export function zoneName() {
+  const parts = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short', ...zoneOption() }).formatToParts(Date.now());
+  return parts.find((p) => p.type === 'timeZoneName')?.value ?? (zone === 'utc' ? 'UTC' : 'local time');
+}
+
 /** "09:41:05.214" in the chosen zone: for timelines, where milliseconds matter. */
 export function clockTime(ms) {
   if (Number.isNaN(ms)) return '—';

@@ -10,7 +10,7 @@
 
 import {
   clockText, clockTime, countdownText, durationText, fullTime, h, icon, msText, now, parseTime, relTime,
-  safeColor, safeUrl, withUtm,
+  safeColor, safeUrl, withUtm, zoneName,
 } from './util.js';
 import { applyBlurhash } from './blurhash.js';
 
@@ -168,8 +168,11 @@ export class ListView {
     this.empty.hidden = !showEmpty && !(!hasData && paging.error);
     if (!hasData && paging.error) {
       this.empty.dataset.kind = 'error';
-      this.emptyTitle.textContent = 'Could not load jobs';
-      this.emptyText.textContent = `${paging.error.message} Retrying automatically…`;
+      const needsToken = paging.error.status === 401;
+      this.emptyTitle.textContent = needsToken ? 'This server needs its API token' : 'Could not load jobs';
+      this.emptyText.textContent = needsToken
+        ? 'Press Enter token above; the jobs load as soon as it is accepted.'
+        : `${paging.error.message} Retrying automatically…`;
       this.retry.hidden = false;
     } else if (showEmpty) {
       this.empty.dataset.kind = 'empty';
@@ -523,7 +526,9 @@ export class DetailView {
       h('div', { class: 'detail-grid' },
         h('div', { class: 'detail-media' }, media,
           h('section', { class: 'panel timeline-panel', 'aria-labelledby': 'timeline-title' },
-            h('h2', { class: 'panel-title', id: 'timeline-title', text: 'Timeline' }), this.timelineBox)),
+            h('h2', { class: 'panel-title', id: 'timeline-title' }, 'Timeline ',
+              h('span', { class: 'subtle zone-note', 'data-testid': 'timeline-zone', text: `times in ${zoneName()}` })),
+            this.timelineBox)),
         h('section', { class: 'panel', 'aria-label': 'Job details' }, h('dl', { class: 'facts' }, rows))));
   }
 }

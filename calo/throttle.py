@@ -1,14 +1,15 @@
 """When the upstream may be called next: backoff after failures, a pause on rate limits.
 
 Owns the policy that keeps Calo Jobs from hammering Unsplash. After a failed round of
-calls the whole upstream backs off (exponential, full jitter, capped), and only one
-request at a time probes it until one succeeds, so the calls per minute stay bounded
-however many jobs are due. A round is the calls that were already running when a failure
-was counted: their failures say nothing new, so several parallel calls failing together
-escalate the backoff once, not once each, and a short outage costs about its own length.
-When the request budget is spent, every call waits until the window can have reset, or
-as long as the upstream's `Retry-After` says. A refused key (401, or a 403 that is not a
-rate limit) makes the state `rejected` until a call works again.
+calls the whole upstream backs off (exponential, capped, with "equal jitter": each wait is
+drawn between half and all of its step, so servers that failed together do not retry in
+step), and only one request at a time probes it until one succeeds, so the calls per
+minute stay bounded however many jobs are due. A round is the calls that were already
+running when a failure was counted: their failures say nothing new, so several parallel
+calls failing together escalate the backoff once, not once each, and a short outage costs
+about its own length. When the request budget is spent, every call waits until the window
+can have reset, or as long as the upstream's `Retry-After` says. A refused key (401, or a
+403 that is not a rate limit) makes the state `rejected` until a call works again.
 
 Every time here is on the monotonic clock (calo.clockwatch): a wall-clock step neither ends a
 pause early nor stretches a backoff by the size of the step.

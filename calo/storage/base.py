@@ -146,7 +146,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def oldest_pending(self) -> tuple[str, int] | None:
-        """(id, due_at) of the pending job due first, or None."""
+        """(id, due_at) of the pending job due first that this server runs (with SQLite,
+        every one), or None: the readiness check's "is the scheduler keeping up?"."""
 
     @abc.abstractmethod
     async def latest_seq(self) -> int:

@@ -379,7 +379,12 @@ class PostgresStorage(Storage):
         return count
 
     async def oldest_pending(self) -> tuple[str, int] | None:
-        row = await self._read_one("SELECT id, due_at FROM jobs WHERE status = 'pending' ORDER BY due_at LIMIT 1")
+        """This server's own: a gone server's jobs wait for their takeover, and must not make
+        the live ones look stuck (and be restarted by their watchdogs)."""
+        row = await self._read_one(
+            "SELECT id, due_at FROM jobs WHERE status = 'pending' AND claimed_by = %s ORDER BY due_at LIMIT 1",
+            (self.instance_id,),
+        )
         return (row[0], row[1]) if row else None
 
     async def latest_seq(self) -> int:

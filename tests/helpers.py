@@ -29,14 +29,14 @@ from websockets.sync.client import connect as ws_connect
 
 from calo.openapi import DOCUMENT
 from calo.storage.sqlite import SqliteStorage
-from calo.store import Reader
-from calo.writer_process import WriterProcess
+from calo.storage.sqlite_store import Reader
+from calo.storage.sqlite_writer import WriterProcess
 
 if TYPE_CHECKING:
     from tornado.websocket import WebSocketClientConnection
 
     from calo.app import Calo
-    from calo.store import Event
+    from calo.storage.base import Event
     from tests.fake_unsplash import FakeUnsplash
 
 T = TypeVar("T")

@@ -165,3 +165,12 @@ def test_the_rate_limit_pause_is_shared(server_process, tmp_path, database_url, 
     poll(lambda: second.get(f"/jobs/{job_id}").json()["error"], 10)  # due, and told it waits
     assert second.get(f"/jobs/{job_id}").json()["error"]["code"] == "rate_limited"
     assert len(fake_unsplash.calls()) == calls  # the second server spent nothing
+
+
+def test_servers_stop_cleanly_on_sigterm_while_busy(server_process, tmp_path, database_url):
+    servers = start_servers(server_process, tmp_path, database_url, 3, "--delay-min", "0.2", "--delay-max", "0.4")
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda n: servers[n % 3].post("/jobs"), range(300)))
+    for server in servers:  # all at once, while jobs resolve and events flow
+        server.process.send_signal(signal.SIGTERM)
+    assert [server.process.wait(30) for server in servers] == [0, 0, 0]

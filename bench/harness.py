@@ -385,7 +385,7 @@ def summarize_profile(path: str, top: int = 10) -> list[str]:
     ]
 
 
-ENTRY_FRAMES = ("main (calo/cli.py)", "serve (calo/cli.py)", "Writer._run (calo/store.py)")
+ENTRY_FRAMES = ("main (calo/cli.py)", "serve (calo/cli.py)", "Writer._run (calo/storage/sqlite_store.py)")
 
 
 def _thread(frame: str) -> str:

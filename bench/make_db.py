@@ -1,10 +1,10 @@
 """Generate a Calo Jobs database with many jobs, fast: the benchmarks' large data sets.
 
 Owns building a data dir with N resolved and M pending jobs. The schema comes from the
-server's own code path (`calo.store.Database(data_dir)` creates and migrates `calo.db`);
+server's own code path (`calo.storage.sqlite_store.Database(data_dir)` creates and migrates `calo.db`);
 the rows are then bulk-inserted with sqlite3 in big transactions, each job's document
 made by `calo.jobs.Job.to_json()` (see bench/jobdocs.py), consistent with the columns of
-`calo/store.py` (jobs: num, id, status, due_at, idempotency_key, doc). Rows go in creation
+`calo/storage/sqlite_store.py` (jobs: num, id, status, due_at, idempotency_key, doc). Rows go in creation
 order: resolved jobs spread over the past 30 days, then the pending ones. The `events`
 table is left empty: no scenario replays old events (a server starts with `seq` 0).
 
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.jobdocs import image_pool, pending_job, resolved_job  # noqa: E402
 from calo.clock import now_ms  # noqa: E402
 from calo.jobs import Job  # noqa: E402
-from calo.store import DB_FILE, MIGRATIONS, Database  # noqa: E402
+from calo.storage.sqlite_store import DB_FILE, MIGRATIONS, Database  # noqa: E402
 
 BATCH = 50_000  # rows per transaction
 HISTORY_MS = 30 * 86_400_000  # resolved jobs were created over the last 30 days

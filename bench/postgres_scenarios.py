@@ -168,7 +168,7 @@ def pg_lateness(ctx: Context) -> list[Result]:
             f"heartbeats (FOR UPDATE SKIP LOCKED) and run them from their own timers; --workers {WORKERS} each",
             "per run p99 / max lateness (ms): "
             + each("{:.0f}/{:.0f}", [(h.percentile(r["late"], 99), max(r["late"])) for r in runs]),
-            f"jobs each instance took over, per run: {each('{}', [tuple(r['taken']) for r in runs])}",
+            f"jobs each instance took over, per run: {each('{}', ['/'.join(map(str, r['taken'])) for r in runs])}",
             f"job.resolved events = resolved jobs in every run: {once}; "
             f"not resolved: {sum(r['failed'] for r in runs)}; jobs written this long before the first due "
             f"time: {each('{:.1f} s', [r['margin_ms'] / 1000 for r in runs])}",

@@ -25,7 +25,8 @@ from calo.config import ConfigError, Settings, help_text, parse_settings
 from calo.export import read_export
 from calo.httpserver import ConnectionCapError, GuardedHTTPServer, connection_cap
 from calo.logs import configure_logging
-from calo.store import Database, StoreError
+from calo.storage.base import StoreError
+from calo.storage.sqlite_store import Database
 from calo.systemd import SystemdLink
 
 MAX_BODY_BYTES = 1 << 20  # the API refuses bodies over 64 KiB with a 413; past this, the

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from calo.app import Calo
 from calo.config import Settings, parse_settings
-from calo.store import Database
+from calo.storage.sqlite_store import Database
 from tests.e2e_helpers import DESKTOP, MISSING_CHROMIUM, Seen, chromium_missing, launch_chromium
 from tests.fake_unsplash import FakeUnsplash
 from tests.helpers import FAST_DELAYS, ServerProcess, close_db, server_environ

@@ -23,18 +23,20 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
+import websockets
 from tornado.httpclient import HTTPClientError, HTTPRequest
+from websockets.sync.client import connect as ws_connect
 
 from calo.openapi import DOCUMENT
 from calo.storage.sqlite import SqliteStorage
-from calo.store import Reader
-from calo.writer_process import WriterProcess
+from calo.storage.sqlite_store import Reader
+from calo.storage.sqlite_writer import WriterProcess
 
 if TYPE_CHECKING:
     from tornado.websocket import WebSocketClientConnection
 
     from calo.app import Calo
-    from calo.store import Event
+    from calo.storage.base import Event
     from tests.fake_unsplash import FakeUnsplash
 
 T = TypeVar("T")
@@ -404,3 +406,37 @@ class WriterUnderTest:
     def run_all(self, awaitables: list[Awaitable[Any]], timeout: float = 10.0) -> list[Any]:
         """Run the loop until all are done; each result, or the exception it raised."""
         return self.run(asyncio.gather(*awaitables, return_exceptions=True), timeout)
+
+
+# -- a server's live feed, read on a thread ------------------------------------------------
+
+
+class EventStream:
+    """Everything one server's /ws sends, from `since=0`, read on a thread of its own."""
+
+    def __init__(self, server_url):
+        self.events = []
+        self._url = server_url.replace("http://", "ws://") + "/ws?since=0"
+        self._socket = None
+        self._open = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        assert self._open.wait(10), "the WebSocket did not open"
+
+    def _read(self):
+        with ws_connect(self._url, max_size=None, open_timeout=10, proxy=None) as socket:
+            self._socket = socket
+            self._open.set()
+            try:
+                for text in socket:
+                    message = json.loads(text)
+                    for event in message if isinstance(message, list) else [message]:
+                        if event["type"].startswith("job."):
+                            self.events.append((event["seq"], event["type"], event["job"]["id"]))
+            except websockets.exceptions.ConnectionClosed:
+                pass
+
+    def close(self):
+        assert self._socket is not None
+        self._socket.close()
+        self._thread.join(5)

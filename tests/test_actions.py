@@ -261,7 +261,7 @@ def test_demo_images_do_not_repeat_within_a_screen_of_jobs():
 
 def test_activity_counts_per_minute_and_lateness_quantiles_over_one_hour():
     from calo.stats import Activity
-    from calo.store import Event
+    from calo.storage.base import Event
 
     now = [1_800_000_000_000]  # a minute boundary
     activity = Activity(clock=lambda: now[0])

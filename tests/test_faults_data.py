@@ -25,10 +25,10 @@ from calo.clock import now_ms
 from calo.jobs import Job, Outcome
 from calo.sanitize import ALT_CAP, NAME_CAP
 from calo.scheduler import MAX_STORE_TRIES, NOT_STORABLE, Scheduler
-from calo.store import NotStored
+from calo.storage.base import NotStored
+from calo.storage.sqlite_writer import WriterProcess
 from calo.throttle import UpstreamGate
 from calo.unsplash import Fetched
-from calo.writer_process import WriterProcess
 from tests.helpers import ROOT, WriterUnderTest, job_via_api, poll, settled_via_api, wait_until
 
 SURROGATE = "\ud83d"  # the first half of 😀 (U+1F600), alone

@@ -34,8 +34,9 @@ from calo.app import Calo
 from calo.clock import now_ms
 from calo.jobs import Job
 from calo.logs import RateLimit
-from calo.store import Completion, Database, StoreError, Writer, WriterBusy
-from calo.writer_process import WriterProcess
+from calo.storage.base import StoreError, WriterBusy
+from calo.storage.sqlite_store import Completion, Database, Writer
+from calo.storage.sqlite_writer import WriterProcess
 from tests.helpers import ROOT, all_jobs, poll, wait_until
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300", "--delay-step", "5")

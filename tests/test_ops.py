@@ -8,15 +8,19 @@ import json
 import os
 import re
 import sqlite3
+from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from calo.clock import now_ms
 from calo.jobs import Job, Outcome
-from calo.store import MIGRATIONS, Database, DeletedBatch
+from calo.storage.sqlite_store import MIGRATIONS, Database
 from tests.fake_unsplash import FakeUnsplash
 from tests.helpers import WriterUnderTest, all_jobs, create_jobs, poll, raw_websocket_that_never_reads, wait_until
+
+if TYPE_CHECKING:
+    from calo.storage.base import DeletedBatch
 
 
 def scrape(server) -> dict[tuple[str, frozenset], float]:

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from calo.storage.postgres_schema import MIGRATIONS
-from tests.helpers import poll
+from tests.helpers import EventStream, poll
 
 
 def settled(server, ids, timeout=15.0):
@@ -72,6 +72,7 @@ def test_a_bad_database_url_is_one_line(server_process):
 
 def test_postgresql_restarting_answers_503_then_recovers_by_itself(server_process, postgres_cluster, database_url):
     server = server_process("--database-url", database_url, "--delay-min", "1", "--delay-max", "1")
+    stream = EventStream(server.url)  # its listener is cut off with the rest, and catches up
     before = [server.post("/jobs").json()["id"] for _ in range(5)]
     postgres_cluster.stop()
     try:
@@ -93,3 +94,5 @@ def test_postgresql_restarting_answers_503_then_recovers_by_itself(server_proces
     with psycopg.connect(database_url) as conn:
         seqs = [row[0] for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1))
+    poll(lambda: [seq for seq, _, _ in stream.events] == seqs, 10)  # gap-free, in order, across the outage
+    stream.close()

@@ -6,7 +6,6 @@ each with a data dir of its own, and checks what the database itself recorded.""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import signal
 import threading
@@ -14,10 +13,8 @@ import time
 
 import psycopg
 import requests
-import websockets
-from websockets.sync.client import connect as ws_connect
 
-from tests.helpers import poll
+from tests.helpers import EventStream, poll
 
 RESOLUTIONS = ("job.resolved", "job.failed")
 
@@ -43,37 +40,6 @@ def pending_left(database_url):
         row = conn.execute("SELECT count(*) FROM jobs WHERE status = 'pending'").fetchone()
     assert row is not None
     return row[0]
-
-
-class EventStream:
-    """Everything one server's /ws sends, from `since=0`, read on a thread of its own."""
-
-    def __init__(self, server_url):
-        self.events = []
-        self._url = server_url.replace("http://", "ws://") + "/ws?since=0"
-        self._socket = None
-        self._open = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        assert self._open.wait(10), "the WebSocket did not open"
-
-    def _read(self):
-        with ws_connect(self._url, max_size=None, open_timeout=10, proxy=None) as socket:
-            self._socket = socket
-            self._open.set()
-            try:
-                for text in socket:
-                    message = json.loads(text)
-                    for event in message if isinstance(message, list) else [message]:
-                        if event["type"].startswith("job."):
-                            self.events.append((event["seq"], event["type"], event["job"]["id"]))
-            except websockets.exceptions.ConnectionClosed:
-                pass
-
-    def close(self):
-        assert self._socket is not None
-        self._socket.close()
-        self._thread.join(5)
 
 
 def test_servers_share_jobs_keys_and_the_live_feed(server_process, tmp_path, database_url):
@@ -199,3 +165,12 @@ def test_the_rate_limit_pause_is_shared(server_process, tmp_path, database_url, 
     poll(lambda: second.get(f"/jobs/{job_id}").json()["error"], 10)  # due, and told it waits
     assert second.get(f"/jobs/{job_id}").json()["error"]["code"] == "rate_limited"
     assert len(fake_unsplash.calls()) == calls  # the second server spent nothing
+
+
+def test_servers_stop_cleanly_on_sigterm_while_busy(server_process, tmp_path, database_url):
+    servers = start_servers(server_process, tmp_path, database_url, 3, "--delay-min", "0.2", "--delay-max", "0.4")
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda n: servers[n % 3].post("/jobs"), range(300)))
+    for server in servers:  # all at once, while jobs resolve and events flow
+        server.process.send_signal(signal.SIGTERM)
+    assert [server.process.wait(30) for server in servers] == [0, 0, 0]

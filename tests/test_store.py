@@ -10,8 +10,9 @@ import pytest
 
 from calo.clock import now_ms
 from calo.jobs import Job, Outcome
-from calo.store import DB_FILE, MIGRATIONS, Database, NotRetryable, StoreError
-from calo.writer_process import _portable
+from calo.storage.base import NotRetryable, StoreError
+from calo.storage.sqlite_store import DB_FILE, MIGRATIONS, Database
+from calo.storage.sqlite_writer import _portable
 from tests.helpers import WriterUnderTest
 
 

@@ -26,22 +26,9 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from calo.store import Activity as StoredActivity
-from calo.store import (
-    CommitUnknown,
-    CreateResult,
-    DeletedBatch,
-    Event,
-    NotCancellable,
-    NotRetryable,
-    NotStored,
-    RetriedBatch,
-    StoreError,
-    WriterBusy,
-    WrongStatus,
-)
+from calo.jobs import FAILED, PENDING
 
 if TYPE_CHECKING:
     from calo.jobs import Job, Outcome
@@ -50,6 +37,93 @@ __all__ = [
     "CommitUnknown", "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable", "NotRetryable",
     "NotStored", "RetriedBatch", "Storage", "StoreError", "StoredActivity", "WriterBusy", "WrongStatus",
 ]
+
+# -- the values and errors every backend hands back (they cross the SQLite writer's pipe) --
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used; the message is one line for the operator.
+    Raised by a write, it means that write was certainly not stored."""
+
+
+class CommitUnknown(StoreError):
+    """The write reached the writer but its answer did not come back (the writer died,
+    stopped, or took longer than the time limit): it may or may not be stored. Retrying
+    with the same Idempotency-Key is safe."""
+
+
+class WriterBusy(StoreError):
+    """Too many writes are already waiting for the writer; this one was not stored."""
+
+
+class Event(NamedTuple):
+    seq: int
+    type: str
+    job_id: str
+    job_json: str
+    lateness_ms: int | None = None  # resolved_at - due_at, on a fresh resolution (for metrics)
+    due_at: int | None = None  # when a job created or put back to pending is due (for the scheduler)
+
+
+class WrongStatus(Exception):
+    """The job is not in a status that allows this change; `status` is its current one."""
+
+    needed = "?"
+
+    def __init__(self, status: str):
+        super().__init__(f"job is {status}, not {self.needed}")
+        self.status = status
+
+    def __reduce__(self) -> tuple[type[WrongStatus], tuple[str]]:
+        return type(self), (self.status,)  # it crosses the pipe from the writer process
+
+
+class NotRetryable(WrongStatus):
+    """Only a failed job can be retried."""
+
+    needed = FAILED
+
+
+class NotCancellable(WrongStatus):
+    """Only a pending job can be cancelled."""
+
+    needed = PENDING
+
+
+class StoredActivity(NamedTuple):
+    """What `Storage.activity_since` reads: (minute start ms, event type, count, max lateness
+    ms or None) and (minute start ms, lateness ms) samples."""
+
+    counts: list[tuple[int, str, int, float | None]]
+    samples: list[tuple[int, float]]
+
+
+class CreateResult(NamedTuple):
+    job_id: str
+    job_json: str
+    created: bool  # False: the idempotency key was used before, this is that job
+
+
+class NotStored(NamedTuple):
+    """An outcome whose job could not be written with it (its data, not the database,
+    was at fault); the job was left as it was. `reason` is one line for the log."""
+
+    reason: str
+
+
+class RetriedBatch(NamedTuple):
+    job_ids: list[str]  # now pending, due at the batch's `at`
+    last_num: int  # where the next batch starts (exclusive)
+    done: bool  # no failed job is left after `last_num`
+
+
+class DeletedBatch(NamedTuple):
+    deleted: int
+    last_num: int  # where the next batch starts (exclusive)
+    done: bool  # reached jobs created after the cutoff: nothing older is left to look at
+
+
+# -- the interface -------------------------------------------------------------------------
 
 OnEvents = Callable[[list[Event]], None]
 
@@ -152,7 +226,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def oldest_pending(self) -> tuple[str, int] | None:
-        """(id, due_at) of the pending job due first, or None."""
+        """(id, due_at) of the pending job due first that this server runs (with SQLite,
+        every one), or None: the readiness check's "is the scheduler keeping up?"."""
 
     @abc.abstractmethod
     async def latest_seq(self) -> int:

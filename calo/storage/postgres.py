@@ -65,6 +65,7 @@ from calo.tokens import random_token
 log = logging.getLogger("calo.storage")
 
 CONNECT_TIMEOUT_SECONDS = 5
+STOP_STEP_SECONDS = 5.0  # stopping waits this long at most for the heartbeat, the hand-over, the pool
 POOL_TIMEOUT_SECONDS = 3.0  # a read waits this long for a connection, then fails (503)
 PENDING_COUNT_TTL = 1.0  # seconds a count of pending jobs is reused for --max-pending
 TAKEOVER_BATCH = 5000  # jobs taken over per heartbeat at most
@@ -115,6 +116,7 @@ class PostgresStorage(Storage):
         self._on_rate_limit: Callable[[int], None] = lambda until: None
         self._pending_cache: tuple[float, int] | None = None
         self.runs_upkeep = False
+        self._stopping = False
         self.rate_limited_until = 0
         self.last_heartbeat_error: str | None = None
 
@@ -160,20 +162,27 @@ class PostgresStorage(Storage):
         self._heart = self._loop.create_task(self._heartbeat_forever(), name="calo-pg-heartbeat")
 
     async def stop(self, timeout: float = 10.0) -> bool:
-        # The writer's own timeouts bound each commit; `timeout` is SQLite's concern.
+        """Each step is bounded: the writer by `timeout` (writes it could not commit by
+        then fail with CommitUnknown), the rest by a few seconds each."""
         if self._loop is None:
             return True
+        self._stopping = True
         if self._heart is not None:
             self._heart.cancel()
-            await asyncio.gather(self._heart, return_exceptions=True)
+            await asyncio.wait([self._heart], timeout=STOP_STEP_SECONDS)
+        clean = True
         if self._writer is not None:
-            await self._writer.stop()
+            clean = await self._writer.stop(timeout)
         if self._follower is not None:
             await self._follower.stop()
-        await self._leave()
-        await self._pool.close()
+        try:
+            async with asyncio.timeout(STOP_STEP_SECONDS):
+                await self._leave()
+        except TimeoutError:
+            log.warning("could not hand this server's jobs over in time; others take them after the lease")
+        await self._pool.close(timeout=STOP_STEP_SECONDS)
         self._loop = None
-        return True
+        return clean
 
     async def _leave(self) -> None:
         """Mark this server gone, so others take its pending jobs over at once."""
@@ -213,7 +222,7 @@ class PostgresStorage(Storage):
 
     async def _heartbeat_forever(self) -> None:
         every = max(0.2, self.lease / 5)
-        while True:
+        while not self._stopping:
             await asyncio.sleep(every)
             try:
                 await self.heartbeat()
@@ -381,7 +390,12 @@ class PostgresStorage(Storage):
         return count
 
     async def oldest_pending(self) -> tuple[str, int] | None:
-        row = await self._read_one("SELECT id, due_at FROM jobs WHERE status = 'pending' ORDER BY due_at LIMIT 1")
+        """This server's own: a gone server's jobs wait for their takeover, and must not make
+        the live ones look stuck (and be restarted by their watchdogs)."""
+        row = await self._read_one(
+            "SELECT id, due_at FROM jobs WHERE status = 'pending' AND claimed_by = %s ORDER BY due_at LIMIT 1",
+            (self.instance_id,),
+        )
         return (row[0], row[1]) if row else None
 
     async def latest_seq(self) -> int:

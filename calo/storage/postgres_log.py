@@ -34,6 +34,7 @@ log = logging.getLogger("calo.storage")
 
 CHANNEL = "calo_events"
 POLL_SECONDS = 1.0
+STOP_SECONDS = 5.0  # stopping waits this long at most for each step
 READ_CHUNK = 1000
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # backoff of the listener, then every 5 s
 
@@ -48,6 +49,7 @@ class LogFollower:
         self._connect_options = connect_options
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.cursor = 0  # the highest seq handed on
         self.listen_error: str | None = "not listening yet"
         self.read_error: str | None = None
@@ -62,21 +64,26 @@ class LogFollower:
         """Read soon: something was committed."""
         self._wake.set()
 
-    async def stop(self) -> None:
-        """Hand on what is committed by now, then stop."""
+    async def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Hand on what is committed by now, then stop; within `timeout` seconds however
+        busy the database is (the flag ends the loops even if a cancel is lost)."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
         self._tasks = []
         try:
-            await self.catch_up()
-        except psycopg.Error:
+            async with asyncio.timeout(timeout):
+                await self.catch_up()
+        except (psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError):
             pass  # nobody is listening any more anyway
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):  # not wait_for: 3.11's can lose a cancel
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -108,7 +115,7 @@ class LogFollower:
 
     async def _listen(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True, **self._connect_options)
                 try:

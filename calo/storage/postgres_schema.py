@@ -78,6 +78,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "INSERT INTO shared_state DEFAULT VALUES",
     ),
+    (
+        # Each server's own pending jobs by due time: its readiness check (the job it runs
+        # that is due first) and the jobs it re-reads after a lost COMMIT answer, without a sort.
+        "CREATE INDEX jobs_pending_by_claim_due ON jobs (claimed_by, due_at) WHERE status = 'pending'",
+        "DROP INDEX jobs_pending_by_claim",
+    ),
 )
 
 

@@ -4,7 +4,7 @@ Owns every write the PostgreSQL backend makes. Operations submitted together are
 committed in one transaction (group commit: one fsync, and one turn on the event
 sequence, for a whole group); a group's creates without an Idempotency-Key are inserted
 by one statement. If an operation fails, the group is rolled back and run again with
-each operation in its own savepoint, so only the failing one is undone (as in calo.store).
+each operation in its own savepoint, so only the failing one is undone (as in calo.storage.sqlite_store).
 
 Event order is commit order. A group's events get their seqs last, just before COMMIT,
 from the one row of `event_seq` (`UPDATE ... SET last = last + n`): that row lock is held
@@ -45,6 +45,7 @@ import psycopg
 from calo.clock import iso_utc, now_ms
 from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome
 from calo.storage.base import (
+    CommitUnknown,
     CreateResult,
     DeletedBatch,
     Event,
@@ -61,18 +62,21 @@ log = logging.getLogger("calo.storage")
 MAX_GROUP = 512  # operations per transaction at most
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000  # frees the seq row of a server stopped mid-commit
 IDLE_PROBE_SECONDS = 1.0  # a connection unused this long is checked before a group uses it
+STATEMENT_TIMEOUT_MS = 30_000  # a write waiting longer (a lock held by a stuck server) fails
 
 
 @dataclasses.dataclass
 class Changes:
     """What a group's operations wrote, for the seq statement and the counters."""
 
-    events: list[tuple[str, str, str, int | None]] = dataclasses.field(default_factory=list)  # type, id, doc, late
+    # (type, job id, document, lateness ms, due_at): the fields of an Event after its seq
+    events: list[tuple[str, str, str, int | None, int | None]] = dataclasses.field(default_factory=list)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)  # status -> delta
 
     def event(self, kind: str, job: Job, job_json: str) -> None:
         lateness = job.resolved_at - job.due_at if kind == EVENT_FOR_STATUS[RESOLVED] and job.resolved_at else None
-        self.events.append((kind, job.id, job_json, lateness))
+        due_at = job.due_at if job.status == PENDING and kind in (CREATED, RETRIED) else None
+        self.events.append((kind, job.id, job_json, lateness, due_at))
 
     def count(self, status: str, delta: int) -> None:
         self.counts[status] = self.counts.get(status, 0) + delta
@@ -126,16 +130,26 @@ class PostgresWriter:
         self._conn = await self._connect()
         self._task = self._loop.create_task(self._run(), name="calo-pg-writer")
 
-    async def stop(self) -> None:
-        """Commit what was submitted, then close. Idempotent."""
+    async def stop(self, timeout: float) -> bool:
+        """Commit what was submitted, then close; True if that took under `timeout`
+        seconds, else what is still waiting fails with CommitUnknown. Idempotent."""
         if self._task is None:
-            return
+            return True
+        task, self._task = self._task, None  # submit() refuses from now on
         self._queue.put_nowait(None)
-        await self._task
-        self._task = None
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if not done:
+            log.error("PostgreSQL writer: still busy after %g s at stop; its writes' outcome is unknown", timeout)
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+            while not self._queue.empty():
+                op = self._queue.get_nowait()
+                if op is not None:
+                    _fail([op], CommitUnknown("the server stopped before this write's commit was known"))
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        return bool(done)
 
     def submit(self, fn: OpFn, new_job: Job | None = None) -> asyncio.Future[Any]:
         future = self._loop.create_future()
@@ -149,7 +163,8 @@ class PostgresWriter:
         try:
             return await psycopg.AsyncConnection.connect(
                 self._url, autocommit=True, **self._connect_options,
-                options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+                options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+                        f" -c statement_timeout={STATEMENT_TIMEOUT_MS}",
             )
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {one_line(exc)}") from None
@@ -165,6 +180,9 @@ class PostgresWriter:
             if ops:
                 try:
                     await self._commit(ops)
+                except asyncio.CancelledError:  # stop() gave up on this group
+                    _fail(ops, CommitUnknown("the server stopped before this write's commit was known"))
+                    raise
                 except Exception as exc:  # a bug here must not leave callers waiting forever
                     log.exception("PostgreSQL writer: a group failed unexpectedly")
                     _fail(ops, StoreError(f"write failed: {exc!r}"))
@@ -304,7 +322,7 @@ class PostgresWriter:
             if statuses:
                 await cur.execute(_COUNT, (self._shard, statuses, deltas))
             return []
-        kinds, ids, docs, _ = (list(column) for column in zip(*changes.events, strict=True))
+        kinds, ids, docs, _, _ = (list(column) for column in zip(*changes.events, strict=True))
         await cur.execute(_FINISH, {
             "me": self.instance_id, "new_ids": [job.id for job in jobs], "new_due": [job.due_at for job in jobs],
             "new_docs": [new.job_json for new in created], "shard": self._shard, "statuses": statuses,
@@ -514,7 +532,7 @@ def prune_events(older_than_ms: int) -> OpFn:
 
 
 def delete_settled_jobs(cutoff_ms: int, after_num: int, limit: int) -> OpFn:
-    """One bounded batch of retention, walking jobs in creation order (as calo.store's)."""
+    """One bounded batch of retention, walking jobs in creation order (as calo.storage.sqlite_store's)."""
     cutoff = iso_utc(cutoff_ms)  # documents hold ISO times, which sort like the times
 
     async def write(cur: Cursor, changes: Changes) -> DeletedBatch:

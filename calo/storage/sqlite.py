@@ -1,8 +1,8 @@
 """The SQLite backend of the storage interface: one data dir, one server (the default).
 
 Owns putting the store's parts together behind `Storage`: the locked, migrated database
-(`calo.store.Database`), the writer in its own process (`calo.writer_process`) and the
-IOLoop's read connection. SQL and the group-committing writer live in `calo.store`.
+(`sqlite_store.Database`), the writer in its own process (`sqlite_writer`) and the
+IOLoop's read connection. SQL and the group-committing writer live in `sqlite_store`.
 With one writer for the whole database, the events of its commits are the whole log in
 seq order, so `on_events` and `on_commit` receive the same events.
 
@@ -31,8 +31,8 @@ from calo.storage.base import (
     Storage,
     StoredActivity,
 )
-from calo.store import DB_FILE, Database, Reader
-from calo.writer_process import WriterProcess
+from calo.storage.sqlite_store import DB_FILE, Database, Reader
+from calo.storage.sqlite_writer import WriterProcess
 
 
 class SqliteStorage(Storage):

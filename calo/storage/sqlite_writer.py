@@ -8,7 +8,7 @@ interpreter's 5 ms switch interval each time, so a group's commit took 3 ms (1.7
 alone) while the IOLoop, every client waiting for that commit, sat idle. Here the two
 run side by side on two cores.
 
-The child is `python -m calo.writer_process`, a fresh interpreter that imports only the
+The child is `python -m calo.storage.sqlite_writer`, a fresh interpreter that imports only the
 store, with the two pipes' ends passed as file descriptors.
 
 Protocol: frames of a 4-byte big-endian length and a pickle, over two plain pipes.
@@ -58,18 +58,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from calo.store import (
-    CommitUnknown,
-    Completion,
-    CreateResult,
-    Event,
-    RetriedBatch,
-    StoreError,
-    Writer,
-    WriterBusy,
-    WriteRequests,
-    WrongStatus,
-)
+from calo.storage.base import CommitUnknown, CreateResult, Event, RetriedBatch, StoreError, WriterBusy, WrongStatus
+from calo.storage.sqlite_store import Completion, Writer, WriteRequests
 
 log = logging.getLogger("calo.writer")
 
@@ -162,7 +152,7 @@ class WriterProcess(WriteRequests):
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "calo.writer_process", self._path, *map(str, child_ends), str(os.getpid())],
+            [sys.executable, "-m", "calo.storage.sqlite_writer", self._path, *map(str, child_ends), str(os.getpid())],
             pass_fds=child_ends, env=env, stdin=subprocess.DEVNULL,
         )
         for fd in child_ends:

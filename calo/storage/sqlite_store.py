@@ -14,7 +14,7 @@ Threads:
   (any thread) submit tagged operations; operations that arrive together are committed
   in one transaction (group commit, `synchronous=FULL`), and each group's (tag, result,
   error) triples and events go to one `on_group` callback on the writer thread. It runs
-  in the writer process (calo/writer_process.py), whose parent side answers with asyncio
+  in the writer process (calo/storage/sqlite_writer.py), whose parent side answers with asyncio
   futures. A WAL checkpoint runs on the writer thread, between two groups, outside any
   transaction, and once more at stop.
 
@@ -36,10 +36,22 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from calo.clock import iso_utc, now_ms
 from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome
+from calo.storage.base import (
+    CreateResult,
+    DeletedBatch,
+    Event,
+    NotCancellable,
+    NotRetryable,
+    NotStored,
+    RetriedBatch,
+    StoredActivity,
+    StoreError,
+    WrongStatus,
+)
 
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
@@ -103,72 +115,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-class StoreError(Exception):
-    """The database cannot be opened or used; the message is one line for the operator.
-    Raised by a write, it means that write was certainly not stored."""
-
-
-class CommitUnknown(StoreError):
-    """The write reached the writer but its answer did not come back (the writer died,
-    stopped, or took longer than the time limit): it may or may not be stored. Retrying
-    with the same Idempotency-Key is safe."""
-
-
-class WriterBusy(StoreError):
-    """Too many writes are already waiting for the writer; this one was not stored."""
-
-
-class Event(NamedTuple):
-    seq: int
-    type: str
-    job_id: str
-    job_json: str
-    lateness_ms: int | None = None  # resolved_at - due_at, on a fresh resolution (for metrics)
-    due_at: int | None = None  # when a job created or put back to pending is due (for the scheduler)
-
-
-class WrongStatus(Exception):
-    """The job is not in a status that allows this change; `status` is its current one."""
-
-    needed = "?"
-
-    def __init__(self, status: str):
-        super().__init__(f"job is {status}, not {self.needed}")
-        self.status = status
-
-    def __reduce__(self) -> tuple[type[WrongStatus], tuple[str]]:
-        return type(self), (self.status,)  # it crosses the pipe from the writer process
-
-
-class NotRetryable(WrongStatus):
-    """Only a failed job can be retried."""
-
-    needed = FAILED
-
-
-class NotCancellable(WrongStatus):
-    """Only a pending job can be cancelled."""
-
-    needed = PENDING
-
-
-class Activity(NamedTuple):
-    """What `Reader.activity_since` read: (minute start ms, event type, count, max lateness
-    ms or None) and (minute start ms, lateness ms) samples."""
-
-    counts: list[tuple[int, str, int, float | None]]
-    samples: list[tuple[int, float]]
-
-
 # An event's lateness (resolved_at - due_at) in ms, from the job document it holds.
 _LATENESS_MS = ("(julianday(json_extract(job, '$.resolved_at')) - julianday(json_extract(job, '$.due_at')))"
                 " * 86400000.0")
-
-
-class CreateResult(NamedTuple):
-    job_id: str
-    job_json: str
-    created: bool  # False: the idempotency key was used before, this is that job
 
 
 def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
@@ -392,7 +341,7 @@ class Reader:
                " ORDER BY seq LIMIT ?")
         return self._conn.execute(sql, (job_id, after, limit)).fetchall()
 
-    def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> Activity:
+    def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> StoredActivity:
         """The events committed since `since_ms` with seq <= `up_to_seq`, by minute: how
         many of each type, (for `job.resolved`) the largest lateness, and up to `samples`
         lateness values per minute. SQLite counts and samples, so Python sees a few
@@ -409,7 +358,7 @@ class Reader:
             " FROM events WHERE created_at >= ? AND seq <= ? AND type = ?) WHERE n <= ?",
             (since_ms, up_to_seq, resolved, samples),
         ).fetchall()
-        return Activity(counts, sampled)
+        return StoredActivity(counts, sampled)
 
     def iter_job_chunks(self, size: int = EXPORT_CHUNK) -> Iterator[tuple[int, str]]:
         """Every job's document, oldest first, from one consistent snapshot, as
@@ -530,13 +479,6 @@ def _apply_one_outcome(conn: sqlite3.Connection, events: list[Event], outcome: O
     return job.status
 
 
-class NotStored(NamedTuple):
-    """An outcome whose job could not be written with it (its data, not the database,
-    was at fault); the job was left as it was. `reason` is one line for the log."""
-
-    reason: str
-
-
 # What a job's data can raise on its way into SQLite (text that is not valid UTF-8, an
 # integer past 64 bits, a document that is not JSON). The database's own failures
 # (sqlite3.OperationalError: disk full, I/O error, locked) fail the whole group instead.
@@ -600,12 +542,6 @@ def _cancel_job(job_id: str, at: int) -> WriteFn:
     return _change_job(job_id, NotCancellable, lambda job: job.cancel(at), CANCELLED_EVENT)
 
 
-class RetriedBatch(NamedTuple):
-    job_ids: list[str]  # now pending, due at the batch's `at`
-    last_num: int  # where the next batch starts (exclusive)
-    done: bool  # no failed job is left after `last_num`
-
-
 def _retry_failed(after_num: int, limit: int, at: int) -> WriteFn:
     """Retry up to `limit` failed jobs in creation order after `after_num` (the
     `jobs_by_status` index: a bounded range, not a scan). A job that fails again while
@@ -640,12 +576,6 @@ def _write_check(at: int) -> WriteFn:
         conn.execute("INSERT OR REPLACE INTO write_checks (id, at) VALUES (1, ?)", (at,))
 
     return write
-
-
-class DeletedBatch(NamedTuple):
-    deleted: int
-    last_num: int  # where the next batch starts (exclusive)
-    done: bool  # reached jobs created after the cutoff: nothing older is left to look at
 
 
 def _delete_settled_jobs(cutoff_ms: int, after_num: int, limit: int) -> WriteFn:
@@ -697,7 +627,7 @@ class _OperationFailed(Exception):
 class WriteRequests:
     """The writes the rest of Calo Jobs may ask for, each answered by an asyncio future on
     the caller's loop. Every method returns at once. Implemented by the server's side of
-    the writer process (`calo.writer_process.WriterProcess`), whose `_request` carries
+    the writer process (`calo.storage.sqlite_writer.WriterProcess`), whose `_request` carries
     the operation's name and arguments to the store's `Writer` in the child."""
 
     def _request(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:

@@ -2,9 +2,10 @@
 // only the jobs the store says are visible) with each card's action (retry a
 // failed job, cancel a pending one), queued-press placeholders, the job
 // detail view with its actions and its timeline (from GET /jobs/{id}/events),
-// the connection indicator, toasts and the 1 s ticker for countdowns /
+// the connection indicator, toasts and the 500 ms ticker for countdowns /
 // relative times. Images that fail show a designed fallback, and
-// `reloadBrokenImages` tries them again once the connection is back. Every value from the API or Unsplash goes in
+// `reloadBrokenImages` tries them again once the connection is back. Every
+// value from the API or Unsplash goes in
 // through textContent / setAttribute (via h()) and every href/src through
 // safeUrl — never innerHTML.
 

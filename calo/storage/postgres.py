@@ -159,9 +159,10 @@ class PostgresStorage(Storage):
         assert self._loop is not None
         self._heart = self._loop.create_task(self._heartbeat_forever(), name="calo-pg-heartbeat")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> bool:
+        # The writer's own timeouts bound each commit; `timeout` is SQLite's concern.
         if self._loop is None:
-            return
+            return True
         if self._heart is not None:
             self._heart.cancel()
             await asyncio.gather(self._heart, return_exceptions=True)
@@ -172,6 +173,7 @@ class PostgresStorage(Storage):
         await self._leave()
         await self._pool.close()
         self._loop = None
+        return True
 
     async def _leave(self) -> None:
         """Mark this server gone, so others take its pending jobs over at once."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from urllib.parse import urlsplit
 
 import pytest
@@ -221,6 +222,21 @@ def test_reconnecting_is_a_banner_after_a_few_seconds(server_process, page):
     server_process("--port", str(port), *SHORT)
     expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=RECONNECT_MS)
     expect(banner).to_be_hidden()
+
+
+def test_a_server_that_goes_silent_shows_as_reconnecting_within_half_a_minute(server_process, page):
+    """SIGSTOP: the TCP connection stays open and says nothing, so only the page's own
+    heartbeat (a ping every 20 s, 10 s for an answer) can notice."""
+    server = server_process(*SHORT)
+    open_dashboard(page, server)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        expect(page.get_by_test_id("connection-state")).to_have_text("reconnecting", timeout=40_000)
+        expect(page.get_by_test_id("reconnecting-banner")).to_be_visible(timeout=WAIT_MS)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=RECONNECT_MS)
+    expect(page.get_by_test_id("reconnecting-banner")).to_be_hidden()
 
 
 # -- working everywhere ---------------------------------------------------------------------

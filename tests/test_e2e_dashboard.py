@@ -432,3 +432,19 @@ def test_not_now_leaves_a_banner_that_asks_again_and_no_prompt_on_every_401(serv
     expect(page.get_by_test_id("job-item")).to_have_count(1, timeout=RECONNECT_MS)  # the press, sent once
     expect(banner).to_be_hidden()
     assert len(server.get("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()) == 1
+
+
+def test_the_key_rejected_banner_appears_and_clears_when_a_call_works_again(server_process, fake_unsplash, page):
+    server = server_process(*SHORT, "--unsplash-batch", "1")
+    open_dashboard(page, server)
+    banner = page.get_by_test_id("upstream-banner")
+    fake_unsplash.answer_with(401, '{"errors": ["OAuth error: The access token is invalid"]}',
+                              content_type="application/json", times=1)
+    refused = server.post("/jobs").json()["id"]
+    expect(card(page, refused)).to_have_attribute("data-status", "failed", timeout=WAIT_MS)
+    expect(banner).to_have_attribute("data-state", "rejected", timeout=WAIT_MS)
+    expect(banner).to_contain_text("Unsplash rejected the access key at")
+    expect(banner).to_contain_text("CALO_UNSPLASH_ACCESS_KEY")
+    accepted = server.post("/jobs").json()["id"]  # the key works again (say, after a restart with a new one)
+    expect(card(page, accepted)).to_have_attribute("data-status", "resolved", timeout=WAIT_MS)
+    expect(banner).to_be_hidden(timeout=WAIT_MS)

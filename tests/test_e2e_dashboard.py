@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from urllib.parse import urlsplit
 
 import pytest
@@ -223,6 +224,21 @@ def test_reconnecting_is_a_banner_after_a_few_seconds(server_process, page):
     expect(banner).to_be_hidden()
 
 
+def test_a_server_that_goes_silent_shows_as_reconnecting_within_half_a_minute(server_process, page):
+    """SIGSTOP: the TCP connection stays open and says nothing, so only the page's own
+    heartbeat (a ping every 20 s, 10 s for an answer) can notice."""
+    server = server_process(*SHORT)
+    open_dashboard(page, server)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        expect(page.get_by_test_id("connection-state")).to_have_text("reconnecting", timeout=40_000)
+        expect(page.get_by_test_id("reconnecting-banner")).to_be_visible(timeout=WAIT_MS)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=RECONNECT_MS)
+    expect(page.get_by_test_id("reconnecting-banner")).to_be_hidden()
+
+
 # -- working everywhere ---------------------------------------------------------------------
 
 
@@ -416,3 +432,19 @@ def test_not_now_leaves_a_banner_that_asks_again_and_no_prompt_on_every_401(serv
     expect(page.get_by_test_id("job-item")).to_have_count(1, timeout=RECONNECT_MS)  # the press, sent once
     expect(banner).to_be_hidden()
     assert len(server.get("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()) == 1
+
+
+def test_the_key_rejected_banner_appears_and_clears_when_a_call_works_again(server_process, fake_unsplash, page):
+    server = server_process(*SHORT, "--unsplash-batch", "1")
+    open_dashboard(page, server)
+    banner = page.get_by_test_id("upstream-banner")
+    fake_unsplash.answer_with(401, '{"errors": ["OAuth error: The access token is invalid"]}',
+                              content_type="application/json", times=1)
+    refused = server.post("/jobs").json()["id"]
+    expect(card(page, refused)).to_have_attribute("data-status", "failed", timeout=WAIT_MS)
+    expect(banner).to_have_attribute("data-state", "rejected", timeout=WAIT_MS)
+    expect(banner).to_contain_text("Unsplash rejected the access key at")
+    expect(banner).to_contain_text("CALO_UNSPLASH_ACCESS_KEY")
+    accepted = server.post("/jobs").json()["id"]  # the key works again (say, after a restart with a new one)
+    expect(card(page, accepted)).to_have_attribute("data-status", "resolved", timeout=WAIT_MS)
+    expect(banner).to_be_hidden(timeout=WAIT_MS)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import tornado.web
 from tornado.ioloop import IOLoop
 
-from calo.access import AccessPolicy
+from calo.access import AccessPolicy, answered_hosts
 from calo.api import JobHandler, JobsHandler, NotFoundHandler, RetryHandler
 from calo.config import Settings
 from calo.export import JsonExporter
@@ -32,7 +32,7 @@ from calo.health import Health, HealthzHandler, ReadyzHandler
 from calo.live import MAX_CLIENT_MESSAGE_BYTES, EventsSocket, Hub
 from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
 from calo.openapi import OpenApiHandler
-from calo.pages import IndexHandler
+from calo.pages import IndexHandler, StaticFiles
 from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
@@ -64,8 +64,10 @@ def find_web_root() -> str:
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
     delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
+    hosts: frozenset[str] | None = None,
 ) -> tornado.web.Application:
-    """The route table: every URL Calo Jobs answers."""
+    """The route table: every URL Calo Jobs answers. `hosts`: the Host names answered
+    (calo.access.answered_hosts); None answers any."""
     api = {"service": service, "access": access}
     routes = [
         (r"/", IndexHandler, {"delays": delays}),
@@ -81,6 +83,7 @@ def make_app(
     app = tornado.web.Application(
         routes,
         static_path=os.path.join(web_root, "static"),
+        static_handler_class=StaticFiles,
         template_path=os.path.join(web_root, "templates"),
         default_handler_class=NotFoundHandler,
         default_handler_args=api,
@@ -88,6 +91,7 @@ def make_app(
         websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
         websocket_max_message_size=MAX_CLIENT_MESSAGE_BYTES,  # refused from the frame header
         log_function=access_logger(access_log),  # logfmt lines with each X-Request-Id
+        calo_hosts=hosts,  # read by calo.errors.JsonErrors.check_host, on every route
     )
     app.add_transform(RequestIdTransform)
     return app
@@ -151,6 +155,7 @@ class Calo:
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
+            hosts=answered_hosts(settings.host, settings.allowed_hosts),
         )
 
     def _start_watching(self, recovery: dict[str, int]) -> None:

@@ -15,8 +15,12 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+
+HOST_NAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")  # a name, an IPv4 or a [IPv6] address
 
 
 class ConfigError(Exception):
@@ -79,6 +83,35 @@ def _origins(text: str) -> tuple[str, ...]:
     return origins
 
 
+def _hosts(text: str) -> tuple[str, ...]:
+    hosts = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    for host in hosts:
+        if host != "*" and not HOST_NAME.fullmatch(host):
+            raise ValueError("must be host names or addresses without a port (or *), separated by commas")
+    return hosts
+
+
+def _public_url(text: str) -> str | None:
+    if not text:
+        return None
+    url = _url(text)
+    if "?" in url or "#" in url:
+        raise ValueError("must be an http:// or https:// URL without query or fragment")
+    return url
+
+
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750's b64token
+
+
+def _api_token(text: str) -> str | None:
+    if not text:
+        return None
+    if not BEARER_TOKEN.fullmatch(text):
+        raise ValueError("must be a bearer token: ASCII letters, digits and -._~+/ (then = padding), "
+                         "e.g. from `openssl rand -hex 32`")
+    return text
+
+
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on", ""):
         return True
@@ -131,13 +164,19 @@ SETTINGS: tuple[Setting, ...] = (
             "stuck: /readyz answers 503 and the systemd watchdog is not pinged"),
     Setting("allowed_origins", "--allowed-origins", ("CALO_ALLOWED_ORIGINS",), _origins, (),
             "comma-separated origins (https://host:port) allowed to use the WebSocket and, by CORS, the API"),
+    Setting("allowed_hosts", "--allowed-hosts", ("CALO_ALLOWED_HOSTS",), _hosts, (),
+            "comma-separated host names the server answers to (Host header, any port); others get 421. "
+            "Unset: localhost, 127.0.0.1 and [::1] when --host is a loopback address, else any (*)"),
+    Setting("public_url", "--public-url", ("CALO_PUBLIC_URL",), _public_url, None,
+            "the URL clients reach this server at (https://jobs.example); Link headers and demo "
+            "image URLs are built from it"),
     Setting("private", "--private", ("CALO_PRIVATE",), _flag, False,
             "with CALO_API_TOKEN: require the token for reads too"),
     Setting("access_log", "--access-log", ("CALO_ACCESS_LOG",), _flag, False,
             "log every successful request too (errors are always logged)"),
     Setting("import_json", "--import-json", ("CALO_IMPORT_JSON",), _optional_text, None,
             "rebuild an empty or missing calo.db from this jobs.json export, then exit"),
-    Setting("api_token", None, ("CALO_API_TOKEN",), _optional_text, None,
+    Setting("api_token", None, ("CALO_API_TOKEN",), _api_token, None,
             "when set, creating and retrying jobs require 'Authorization: Bearer <token>'"),
     Setting("unsplash_access_key", None, ("CALO_UNSPLASH_ACCESS_KEY", "UNSPLASH_ACCESS_KEY"),
             _optional_text, None, "Unsplash access key; without one, bundled demo images are used"),
@@ -172,6 +211,8 @@ class Settings:
     retain_days: float | None
     stuck_after: float
     allowed_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    public_url: str | None
     private: bool
     access_log: bool
     import_json: str | None

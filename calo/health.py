@@ -38,10 +38,10 @@ from calo.jobs import FAILED, PENDING, RESOLVED, iso_utc, now_ms
 from calo.scheduler import Scheduler
 from calo.store import Reader, StoreError, Writer
 from calo.throttle import UpstreamGate
+from calo.errors import JSON_TYPE, JsonErrors
 
 log = logging.getLogger("calo.health")
 
-JSON_TYPE = "application/json; charset=utf-8"
 WRITE_CHECK_SECONDS = 2.0
 REQUIRED = ("database", "recovery", "scheduler")
 
@@ -107,11 +107,12 @@ class Health:
             job_id, due_at = oldest
             runnable_since = self._runnable_since(due_at, now)
             waited = 0 if runnable_since is None else now - runnable_since
-            check["oldest_overdue"] = {
-                "id": job_id, "due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000,
-            }
+            # Counts and times, never an id: /readyz needs no token, even with --private.
+            check["oldest_overdue"] = {"due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000}
             check["ok"] = waited <= self._stuck_after_ms
-        self._note(check)
+            self._note(check, job_id)
+        else:
+            self._note(check, None)
         return check
 
     def scheduler_ok(self) -> bool:
@@ -127,12 +128,12 @@ class Health:
             return None
         return max(due_at, self._started_at, state["since"])
 
-    def _note(self, check: dict[str, Any]) -> None:
+    def _note(self, check: dict[str, Any], job_id: str | None) -> None:
+        """Log when the scheduler turns stuck (naming the job, for the operator) or recovers."""
         stuck = not check["ok"]
         if stuck and not self._stuck:
-            overdue = check["oldest_overdue"]
             log.error("scheduler stuck: job %s due at %s is still pending with the upstream healthy; not ready",
-                      overdue["id"], overdue["due_at"])
+                      job_id, check["oldest_overdue"]["due_at"])
         elif self._stuck and not stuck:
             log.info("scheduler caught up: ready again")
         self._stuck = stuck
@@ -157,20 +158,17 @@ class Health:
         return f"{jobs} upstream={self.upstream()['state']}"
 
 
-class OpsHandler(tornado.web.RequestHandler):
+class OpsHandler(JsonErrors, tornado.web.RequestHandler):
     """Base of the operator endpoints: JSON answers, errors in the API's shape, never cached."""
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         self.set_header("Cache-Control", "no-store")
 
     def write_json(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps(body, separators=(",", ":")))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        code = "method_not_allowed" if status_code == 405 else "internal_error" if status_code >= 500 else "error"
-        self.write_json({"error": {"code": code, "message": self._reason}}, status_code)
 
 
 class HealthzHandler(OpsHandler):

@@ -6,6 +6,7 @@ logger: `Settings` hides it from its repr, and the client never puts it in a mes
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -13,9 +14,11 @@ from calo.jobs import iso_utc
 
 
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\t'):
+    """Bare when plain; else a JSON string, so that no value (a path from a client, a
+    message) can forge a field, break the line or send control characters to a terminal."""
+    if value and value.isprintable() and not any(c in value for c in ' "='):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return json.dumps(value)
 
 
 class LogfmtFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ from typing import Any
 import tornado.web
 
 from calo import __version__
+from calo.errors import JSON_TYPE, JsonErrors
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +168,7 @@ DOCUMENT: dict[str, Any] = {
 DOCUMENT_JSON = json.dumps(DOCUMENT, indent=1)
 
 
-class OpenApiHandler(tornado.web.RequestHandler):
+class OpenApiHandler(JsonErrors, tornado.web.RequestHandler):
     def get(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", JSON_TYPE)
         self.finish(DOCUMENT_JSON)

@@ -11,6 +11,13 @@ Contract (keep it exactly; README "API" shows it with curl):
   array of jobs, newest first; `Link: <url>; rel="next"` when there is more.
 - GET /jobs/{id} -> 200 the job, or 404.
 - POST /jobs/{id}/retry -> 200 the job, pending again and due now; 409 unless it failed.
+- POST /jobs/retry-failed -> 200 {"retried": n}: every failed job pending again, due now.
+- POST /jobs/{id}/cancel -> 200 the job, cancelled; 409 `job_not_pending` unless it is
+  pending, 409 `job_resolving` if its photo is already being recorded.
+- GET /jobs/{id}/events?after=SEQ -> 200, a JSON array of the job's retained events,
+  oldest first, at most 1000 (`Link: rel="next"` when there are more); 404 if no such job.
+- GET /stats -> 200 the dashboard's numbers (calo/stats.py: counts, per-minute activity,
+  the upstream's state).
 - Any error -> {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 405, 409,
   413, 503 (with Retry-After). `/openapi.json` describes all of it.
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from urllib.parse import urlencode
 
 import tornado.web
@@ -30,7 +38,8 @@ from calo.access import AccessPolicy
 from calo.jobs import STATUSES
 from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
 from calo.errors import JSON_TYPE, ApiError, JsonErrors
-from calo.service import JobService, NotRetryable, Overloaded, StoreError
+from calo.service import JobService, NotCancellable, NotRetryable, Overloaded, Resolving, StoreError, WrongStatus
+from calo.stats import StatsReport
 
 MAX_BODY_BYTES = 64 * 1024
 OVERLOAD_RETRY_AFTER_SECONDS = 5
@@ -75,16 +84,19 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
 
     def _check_post(self) -> None:
         """A POST from a page on another origin is refused (a plain HTML form can send
-        one), and so is a body the API does not read: only JSON (415)."""
+        one), and so is a body the API does not read: a body must be JSON (415); an empty
+        one may come with any Content-Type (HTTP clients add a form type by default)."""
         if self._check_cross_origin(self.access.origin_allowed) is not None:
             raise ApiError(403, "cross_origin_refused", "a page from another origin may not change jobs "
                            "(see --allowed-origins)")
-        content_type = self.request.headers.get("Content-Type")
-        if content_type is not None and content_type.partition(";")[0].strip().lower() != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send no body, or JSON with Content-Type: application/json")
-        # Tornado has checked Content-Length is ASCII digits; past the limit, refuse unread.
-        if int(self.request.headers.get("Content-Length", "0")) > MAX_BODY_BYTES:
+        # Tornado has checked that Content-Length is ASCII digits.
+        declared = int(self.request.headers.get("Content-Length", "0"))
+        if declared > MAX_BODY_BYTES:  # refused before a byte of it is read
             raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        content_type = self.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        has_body = declared > 0 or "Transfer-Encoding" in self.request.headers
+        if has_body and content_type != "application/json":
+            raise ApiError(415, "unsupported_media_type", "a body must be JSON, sent as Content-Type: application/json")
 
     def check_no_fields(self) -> None:
         """The body is empty or `{}`: these POSTs take no fields, and say so rather than
@@ -185,18 +197,89 @@ class JobHandler(ApiHandler):
         self.write_json(doc)
 
 
-class RetryHandler(ApiHandler):
+# What a 409 says when a job's status does not allow the change asked for.
+CONFLICTS = {
+    NotRetryable: ("job_not_failed", "only a failed job can be retried"),
+    NotCancellable: ("job_not_pending", "only a pending job can be cancelled"),
+}
+
+
+class JobChangeHandler(ApiHandler):
+    """Base of the POSTs that change one job: the same answers for each."""
+
+    async def answer_change(self, change: Awaitable[str | None]) -> None:
+        """200 the job's new document; 404, 409 (its status does not allow it, or it is
+        being resolved) or 503 (nothing was committed)."""
+        try:
+            doc = await change
+        except StoreError as exc:
+            raise storage_unavailable(exc) from None
+        except WrongStatus as exc:
+            code, rule = CONFLICTS[type(exc)]
+            raise ApiError(409, code, f"{rule}; this one is {exc.status}") from None
+        except Resolving:
+            raise ApiError(409, "job_resolving", "too late to cancel: this job's photo is being recorded") from None
+        if doc is None:
+            raise ApiError(404, "job_not_found", "no job with this id")
+        self.write_json(doc)
+
+
+class RetryHandler(JobChangeHandler):
     """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
 
     async def post(self, job_id: str) -> None:
         self.check_no_fields()
+        await self.answer_change(self.service.retry_job(job_id))
+
+
+class CancelHandler(JobChangeHandler):
+    """POST /jobs/{id}/cancel: a pending job is cancelled before its photo is fetched."""
+
+    async def post(self, job_id: str) -> None:
+        self.check_no_fields()
+        await self.answer_change(self.service.cancel_job(job_id))
+
+
+class RetryFailedHandler(ApiHandler):
+    """POST /jobs/retry-failed: every failed job back to pending, due now, in one request
+    (the page's "Retry all failed"); answers {"retried": n}."""
+
+    async def post(self) -> None:
+        self.check_no_fields()
         try:
-            doc = await self.service.retry_job(job_id)
+            retried = await self.service.retry_failed()
         except StoreError as exc:
             raise storage_unavailable(exc) from None
-        except NotRetryable as exc:
-            message = f"only a failed job can be retried; this one is {exc.status}"
-            raise ApiError(409, "job_not_failed", message) from None
-        if doc is None:
+        self.write_json(json.dumps({"retried": retried}))
+
+
+EVENTS_PAGE = 1000
+
+
+class JobEventsHandler(ApiHandler):
+    """GET /jobs/{id}/events: the job's timeline, from the event log."""
+
+    def get(self, job_id: str) -> None:
+        raw = query_argument(self, "after")
+        after = 0 if raw is None else whole_number(raw, "after")
+        events = self.service.job_events(job_id, after, EVENTS_PAGE + 1)
+        if events is None:
             raise ApiError(404, "job_not_found", "no job with this id")
-        self.write_json(doc)
+        if len(events) > EVENTS_PAGE:
+            events = events[:EVENTS_PAGE]
+            last_seq = json.loads(events[-1])["seq"]
+            url = f"{self.request.protocol}://{self.request.host}{self.request.path}?after={last_seq}"
+            self.set_header("Link", f'<{url}>; rel="next"')
+        self.write_json("[" + ",".join(events) + "]")
+
+
+class StatsHandler(ApiHandler):
+    """GET /stats: job counts, the last hour's activity per minute, the upstream's state."""
+
+    def initialize(self, service: JobService, access: AccessPolicy, report: StatsReport) -> None:  # type: ignore[override]
+        super().initialize(service, access)
+        self.report = report
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(json.dumps(self.report.document(), separators=(",", ":")))

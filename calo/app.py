@@ -25,7 +25,10 @@ import tornado.web
 from tornado.ioloop import IOLoop
 
 from calo.access import AccessPolicy, answered_hosts
-from calo.api import JobHandler, JobsHandler, NotFoundHandler, RetryHandler
+from calo.api import (
+    CancelHandler, JobEventsHandler, JobHandler, JobsHandler, NotFoundHandler, RetryFailedHandler, RetryHandler,
+    StatsHandler,
+)
 from calo.config import Settings
 from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
@@ -36,6 +39,7 @@ from calo.pages import IndexHandler, StaticFiles
 from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
+from calo.stats import Activity, StatsReport
 from calo.store import Database, Event
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
@@ -63,7 +67,7 @@ def find_web_root() -> str:
 
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
-    delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
+    stats: StatsReport, delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
     hosts: frozenset[str] | None = None,
 ) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers. `hosts`: the Host names answered
@@ -73,8 +77,12 @@ def make_app(
         (r"/", IndexHandler, {"delays": delays}),
         (r"/openapi.json", OpenApiHandler),
         (r"/jobs", JobsHandler, api),
+        (r"/jobs/retry-failed", RetryFailedHandler, api),  # before /jobs/{id}: never a job id
         (r"/jobs/([^/]+)", JobHandler, api),
         (r"/jobs/([^/]+)/retry", RetryHandler, api),
+        (r"/jobs/([^/]+)/cancel", CancelHandler, api),
+        (r"/jobs/([^/]+)/events", JobEventsHandler, api),
+        (r"/stats", StatsHandler, {**api, "report": stats}),
         (r"/ws", EventsSocket, {"service": service, "hub": hub, "access": access}),
         (r"/healthz", HealthzHandler),
         (r"/readyz", ReadyzHandler, {"health": health}),
@@ -115,6 +123,7 @@ class Calo:
         self.metrics = Metrics()
         self.source = MeteredSource(make_source(settings, self.web_root), self.metrics.upstream_requests)
         self.hub = Hub()
+        self.activity = Activity()
         self._loop = IOLoop.current()
         self.database: Database | None = None
 
@@ -141,6 +150,7 @@ class Calo:
             delays=(settings.delay_min, settings.delay_max, settings.delay_step),
             max_pending=settings.max_pending,
         )
+        self.activity.seed(self.database, self.reader.latest_seq())  # before anything commits
         pending = self.reader.pending_due()
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
@@ -154,6 +164,7 @@ class Calo:
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
+            stats=StatsReport(self.service, self.activity, self.health),
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
             hosts=answered_hosts(settings.host, settings.allowed_hosts),
         )
@@ -182,6 +193,7 @@ class Calo:
         self.hub.publish(events)
         self.exporter.mark_changed()
         self.metrics.observe_committed(events)
+        self.activity.observe(events)
 
     async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Finish in-flight fetches (up to the grace period), commit, flush, close."""

@@ -132,12 +132,15 @@ def read_export(path: str) -> list[str]:
     """The job documents of a `jobs.json` export, re-encoded; raises ValueError (one
     line) if the file is not a complete export in this format."""
     try:
-        with open(path, encoding="utf-8") as file:
+        # Bytes that are not UTF-8 become U+FFFD: one damaged caption must not stop a restore.
+        with open(path, encoding="utf-8", errors="replace") as file:
             document = json.load(file)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be an export") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != 1:
         raise ValueError(f"{path} is not a Calo Jobs export (format {FORMAT}, version 1)")
     jobs = document.get("jobs")

@@ -14,19 +14,25 @@ import datetime
 import json
 import os
 import random
+import re
 import threading
 from typing import Any
+
+from calo import sanitize
 
 PENDING = "pending"
 RESOLVED = "resolved"
 FAILED = "failed"
-STATUSES = (PENDING, RESOLVED, FAILED)
+CANCELLED = "cancelled"
+STATUSES = (PENDING, RESOLVED, FAILED, CANCELLED)
+SETTLED = (RESOLVED, FAILED, CANCELLED)  # a job in one of these is never run again
 
 # Event types, one per kind of change; the event log and the WebSocket use these names.
 CREATED = "job.created"
 EVENT_FOR_STATUS = {RESOLVED: "job.resolved", FAILED: "job.failed"}
 UPDATED = "job.updated"
 RETRIED = "job.retried"
+CANCELLED_EVENT = "job.cancelled"
 
 
 def now_ms() -> int:
@@ -83,6 +89,24 @@ random_token = _RandomTokens().next  # 16 hex characters, unguessable
 def new_job_id() -> str:
     """A random, URL-safe, unguessable job id."""
     return random_token()
+
+
+_EXPORTED_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_EXPORTED_DELAY = 366 * 24 * 3600
+_EARLIEST_MS, _LATEST_MS = 0, 253_402_300_799_999  # 1970-01-01 to 9999-12-31T23:59:59.999Z
+
+
+def _exported_time(doc: dict[str, Any], field: str, optional: bool = False) -> int | None:
+    text = doc.get(field)
+    if text is None and optional:
+        return None
+    try:
+        ms = parse_iso_utc(text) if isinstance(text, str) else None
+    except (ValueError, OverflowError):
+        ms = None
+    if ms is None or not _EARLIEST_MS <= ms <= _LATEST_MS:
+        raise ValueError(f"{field} must be an ISO 8601 UTC time from 1970 to 9999")
+    return ms
 
 
 def draw_delay(minimum: float, maximum: float, step: float, rng: random.Random) -> float:
@@ -161,6 +185,33 @@ class Job:
             image=doc["image"],
         )
 
+    @classmethod
+    def from_export(cls, doc: Any) -> Job:
+        """A job from a JSON export (`--import-json`), checked and made storable: text is
+        repaired and capped as calo.sanitize says, times must be ISO 8601 between the
+        years 1970 and 9999. Raises ValueError naming the first field that is not valid."""
+        if not isinstance(doc, dict):
+            raise ValueError("a job must be a JSON object")
+        if not isinstance(doc.get("id"), str) or not _EXPORTED_ID.fullmatch(doc["id"]):
+            raise ValueError("id must be 1 to 64 letters, digits, '-' or '_'")
+        if doc.get("status") not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        delay = doc.get("delay_seconds")
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= MAX_EXPORTED_DELAY:
+            raise ValueError("delay_seconds must be a number of seconds from 0 to one year")
+        attempts = sanitize.whole_number(doc.get("attempts"), 0, 1_000_000)
+        if attempts is None:
+            raise ValueError("attempts must be a whole number from 0 to 1000000")
+        return cls(
+            id=doc["id"], status=doc["status"],
+            created_at=_exported_time(doc, "created_at"), due_at=_exported_time(doc, "due_at"),
+            delay_seconds=delay, attempts=attempts,
+            resolved_at=_exported_time(doc, "resolved_at", optional=True),
+            result=sanitize.storable_url(doc.get("result")),
+            error=sanitize.storable_error(doc.get("error")),
+            image=sanitize.storable_image(doc.get("image")),
+        )
+
     def apply(self, outcome: Outcome) -> str:
         """Apply what an upstream attempt did; returns the event type of the change."""
         code, message = outcome.error_code or "failed", outcome.error_message
@@ -194,8 +245,14 @@ class Job:
         self.attempts += 1 if counted else 0
         self.error = {"code": code, "message": message}
 
+    def cancel(self, at: int) -> None:
+        """A pending job is withdrawn before its photo is fetched; `resolved_at` says when."""
+        self.status = CANCELLED
+        self.resolved_at = at
+
     def retry(self, at: int) -> None:
-        """A failed job goes back to pending, due now, with a fresh count of tries."""
+        """A failed job goes back to pending, due now, with a fresh count of tries. Its
+        earlier tries stay in the event log (`GET /jobs/{id}/events`)."""
         self.status = PENDING
         self.due_at = at
         self.attempts = 0

@@ -6,7 +6,7 @@ queues, the worker pool's queue, WebSocket clients and events sent, the upstream
 and rate-limit budget, each upkeep task's last run. What happens and is gone is counted
 where it happens, by two small hooks:
 - `Metrics.observe_committed(events)`, from the writer's on-commit callback: jobs
-  created, resolved and failed, and how late each job resolved (`resolved_at - due_at`);
+  created, resolved, failed, cancelled and retried, and how late each job resolved (`resolved_at - due_at`);
 - `MeteredSource`, which wraps the photo source: upstream requests by outcome, and how
   many fetches are running (the pool's queue depth is those submitted minus those running).
 IOLoop lag is measured by a timer that records how late it fires (`LoopLag`).
@@ -32,7 +32,7 @@ from tornado.ioloop import IOLoop
 
 from calo.export import JsonExporter
 from calo.health import Health, OpsHandler
-from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, STATUSES
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES
 from calo.live import Hub
 from calo.scheduler import Scheduler
 from calo.store import Event, Reader
@@ -55,6 +55,8 @@ class Metrics:
             CREATED: ("calo_jobs_created", "Jobs created"),
             EVENT_FOR_STATUS[RESOLVED]: ("calo_jobs_resolved", "Jobs resolved with a photo"),
             EVENT_FOR_STATUS[FAILED]: ("calo_jobs_failed", "Jobs that failed for good"),
+            CANCELLED_EVENT: ("calo_jobs_cancelled", "Pending jobs cancelled before their photo was fetched"),
+            RETRIED: ("calo_jobs_retried", "Failed jobs put back to pending (one at a time or all at once)"),
         }
         self._counters = {kind: Counter(name, text, registry=self.registry) for kind, (name, text) in by_type.items()}
         self._lateness = Histogram(

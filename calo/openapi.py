@@ -16,6 +16,7 @@ import tornado.web
 
 from calo import __version__
 from calo.errors import JSON_TYPE, JsonErrors
+from calo.jobs import STATUSES
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +62,7 @@ SCHEMAS = {
                      "delay_seconds", "attempts", "error", "image"],
         "properties": {
             "id": STRING,
-            "status": {"type": "string", "enum": ["pending", "resolved", "failed"]},
+            "status": {"type": "string", "enum": list(STATUSES)},
             "result": _nullable({**STRING, "description": "the photo URL once resolved"}),
             "created_at": TIME,
             "due_at": TIME,
@@ -70,6 +71,46 @@ SCHEMAS = {
             "attempts": {**INTEGER, "minimum": 0},
             "error": _nullable(ERROR_DETAIL),
             "image": _nullable(IMAGE),
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["seq", "type", "at", "job"],
+        "properties": {
+            "seq": {**INTEGER, "minimum": 1, "description": "the event's place in the log (also on /ws)"},
+            "type": {"type": "string", "enum": ["job.created", "job.updated", "job.resolved", "job.failed",
+                                                 "job.retried", "job.cancelled"]},
+            "at": {**TIME, "description": "when the change was committed"},
+            "job": {"$ref": "#/components/schemas/Job"},  # the job after the change
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["at", "seq", "total", "counts", "upstream", "minutes"],
+        "properties": {
+            "at": TIME,
+            "seq": {**INTEGER, "minimum": 0, "description": "the latest event seq"},
+            "total": {**INTEGER, "minimum": 0},
+            "counts": {"type": "object", "required": list(STATUSES),
+                       "properties": {status: {**INTEGER, "minimum": 0} for status in STATUSES}},
+            "upstream": {"type": "object", "required": ["state"], "properties": {"state": STRING},
+                         "description": "as /readyz shows it: ok, demo, failing (since), rate_limited (until)"},
+            "minutes": {
+                "type": "array", "minItems": 60, "maxItems": 60, "description": "the last hour, oldest first",
+                "items": {
+                    "type": "object",
+                    "required": ["start", "created", "resolved", "failed", "cancelled", "retried", "lateness"],
+                    "properties": {
+                        "start": TIME,
+                        **{name: {**INTEGER, "minimum": 0} for name in
+                           ("created", "resolved", "failed", "cancelled", "retried")},
+                        "lateness": _nullable({
+                            "type": "object", "required": ["count", "p50_ms", "p99_ms", "max_ms"],
+                            "properties": {"count": INTEGER, "p50_ms": NUMBER, "p99_ms": NUMBER, "max_ms": NUMBER},
+                        }),
+                    },
+                },
+            },
         },
     },
     "Error": {
@@ -94,7 +135,7 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {400: "bad parameter, body or header", 401: "the API token is required",
-               404: "no such job", 409: "the job is not failed", 413: "body over 64 KiB",
+               404: "no such job", 409: "the job's status does not allow this", 413: "body over 64 KiB",
                503: "too many pending jobs, or storage unavailable; see Retry-After"}
     return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
 
@@ -146,6 +187,46 @@ PATHS = {
             "summary": "Put a failed job back to pending, due now",
             "parameters": [JOB_ID],
             "responses": {"200": _json(_ref("Job"), "the job, pending again"), **_errors(401, 404, 409, 413, 503)},
+        },
+    },
+    "/jobs/retry-failed": {
+        "post": {
+            "summary": "Put every failed job back to pending, due now",
+            "responses": {
+                "200": _json({"type": "object", "required": ["retried"],
+                              "properties": {"retried": {**INTEGER, "minimum": 0}}}, "how many were retried"),
+                **_errors(401, 413, 503),
+            },
+        },
+    },
+    "/jobs/{id}/cancel": {
+        "post": {
+            "summary": "Cancel a pending job before its photo is fetched",
+            "description": "409 job_not_pending unless it is pending; 409 job_resolving once its photo is "
+            "being recorded.",
+            "parameters": [JOB_ID],
+            "responses": {"200": _json(_ref("Job"), "the job, cancelled"), **_errors(401, 404, 409, 413, 503)},
+        },
+    },
+    "/jobs/{id}/events": {
+        "get": {
+            "summary": "The job's timeline: its retained events, oldest first",
+            "parameters": [
+                JOB_ID,
+                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0},
+                 "description": "only events with a higher seq (the Link header's next URL sets it)"},
+            ],
+            "responses": {
+                "200": _json({"type": "array", "maxItems": 1000, "items": _ref("Event")}, "up to 1000 events",
+                             {"Link": {"schema": STRING, "description": '<url>; rel="next" when there is more'}}),
+                **_errors(400, 401, 404),
+            },
+        },
+    },
+    "/stats": {
+        "get": {
+            "summary": "The dashboard's numbers: counts by status, the last hour per minute, the upstream",
+            "responses": {"200": _json(_ref("Stats"), "the numbers"), **_errors(401)},
         },
     },
 }

@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import random
 
-from calo.jobs import Job, draw_delay, now_ms
-from calo.scheduler import Scheduler
-from calo.store import CreateResult, Event, NotRetryable, Reader, StoreError, WriteRequests
+import json
 
-__all__ = ["JobService", "NotRetryable", "Overloaded", "StoreError"]
+from calo.jobs import PENDING, Job, draw_delay, iso_utc, now_ms
+from calo.scheduler import Scheduler
+from calo.store import CreateResult, Event, NotCancellable, NotRetryable, Reader, StoreError, WriteRequests, WrongStatus
+
+__all__ = ["JobService", "NotCancellable", "NotRetryable", "Overloaded", "Resolving", "StoreError", "WrongStatus"]
+
+BULK_RETRY_BATCH = 500  # failed jobs retried per transaction by `retry_failed`
 
 
 class Overloaded(Exception):
     """Too many jobs are pending; the client should try again later."""
+
+
+class Resolving(Exception):
+    """The job is pending, but its photo is already on its way to the database: too late
+    to cancel it (it is resolved, or tried again, in a moment)."""
 
 
 class JobService:
@@ -67,6 +76,49 @@ class JobService:
             job = Job.from_json(job_json)
             self._scheduler.add(job.id, job.due_at)
         return job_json
+
+    async def cancel_job(self, job_id: str) -> str | None:
+        """Cancel a pending job before its photo is fetched: the schedule drops it, then
+        the change is committed with its `job.cancelled` event. Its new document, or None
+        if there is no such job. Raises NotCancellable if it is not pending, Resolving if
+        its outcome is already being recorded, StoreError if nothing could be committed
+        (then the job stays scheduled as it was)."""
+        due_at = self._scheduler.withdraw(job_id)
+        if due_at is None:
+            doc = self._reader.job(job_id)
+            if doc is None:
+                return None
+            status = json.loads(doc)["status"]
+            raise Resolving() if status == PENDING else NotCancellable(status)
+        try:
+            return await self._writer.cancel_job(job_id, now_ms())
+        except StoreError:
+            self._scheduler.add(job_id, due_at)
+            raise
+
+    async def retry_failed(self) -> int:
+        """Put every job that is failed now back to pending, due now, in bounded batches
+        (one transaction each); returns how many. Raises StoreError if a batch could not
+        be committed (the batches before it stay retried and scheduled)."""
+        at, after, retried = now_ms(), 0, 0
+        while True:
+            batch = await self._writer.retry_failed(after, BULK_RETRY_BATCH, at)
+            for job_id in batch.job_ids:
+                self._scheduler.add(job_id, at)
+            retried += len(batch.job_ids)
+            after = batch.last_num
+            if batch.done:
+                return retried
+
+    def job_events(self, job_id: str, after: int, limit: int) -> list[str] | None:
+        """Up to `limit` of the job's retained events after seq `after`, oldest first, each
+        as its JSON text {"seq", "type", "at", "job"}; None if there is no such job."""
+        if self._reader.job(job_id) is None:
+            return None
+        return [
+            f'{{"seq":{seq},"type":{json.dumps(kind)},"at":"{iso_utc(at)}","job":{doc}}}'
+            for seq, kind, at, doc in self._reader.job_events(job_id, after, limit)
+        ]
 
     def job_json(self, job_id: str) -> str | None:
         return self._reader.job(job_id)

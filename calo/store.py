@@ -37,7 +37,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from calo.jobs import CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms
+from calo.jobs import (
+    CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms,
+)
 
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
@@ -86,6 +88,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
         END""",
     ),
+    (
+        # A job's own events, oldest first, for its timeline (GET /jobs/{id}/events).
+        "CREATE INDEX events_by_job ON events(job_id, seq)",
+    ),
 )
 
 
@@ -101,15 +107,42 @@ class Event(NamedTuple):
     lateness_ms: int | None = None  # resolved_at - due_at, on a fresh resolution (for metrics)
 
 
-class NotRetryable(Exception):
-    """Only a failed job can be retried; `status` is the job's current one."""
+class WrongStatus(Exception):
+    """The job is not in a status that allows this change; `status` is its current one."""
+
+    needed = "?"
 
     def __init__(self, status: str):
-        super().__init__(f"job is {status}, not failed")
+        super().__init__(f"job is {status}, not {self.needed}")
         self.status = status
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return NotRetryable, (self.status,)  # it crosses the pipe from the writer process
+        return type(self), (self.status,)  # it crosses the pipe from the writer process
+
+
+class NotRetryable(WrongStatus):
+    """Only a failed job can be retried."""
+
+    needed = FAILED
+
+
+class NotCancellable(WrongStatus):
+    """Only a pending job can be cancelled."""
+
+    needed = PENDING
+
+
+class Activity(NamedTuple):
+    """What `Reader.activity_since` read: (minute start ms, event type, count, max lateness
+    ms or None) and (minute start ms, lateness ms) samples."""
+
+    counts: list[tuple[int, str, int, float | None]]
+    samples: list[tuple[int, float]]
+
+
+# An event's lateness (resolved_at - due_at) in ms, from the job document it holds.
+_LATENESS_MS = ("(julianday(json_extract(job, '$.resolved_at')) - julianday(json_extract(job, '$.due_at')))"
+                " * 86400000.0")
 
 
 class CreateResult(NamedTuple):
@@ -208,11 +241,14 @@ class Database:
 
     def import_jobs(self, job_docs: list[str]) -> int:
         """Fill an EMPTY database with these job documents (from a JSON export), in one
-        transaction. Raises StoreError, changing nothing, if it already holds jobs."""
-        try:
-            jobs = [Job.from_json(doc) for doc in job_docs]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"import refused, a job in the export is not valid: {exc!r}") from None
+        transaction, their text made storable (`Job.from_export`). Raises StoreError,
+        changing nothing, if it already holds jobs or a job is not valid."""
+        jobs = []
+        for number, doc in enumerate(job_docs, start=1):
+            try:
+                jobs.append(Job.from_export(json.loads(doc)))
+            except (ValueError, RecursionError) as exc:
+                raise StoreError(f"import refused, job {number} of the export is not valid: {exc}") from None
         conn = _connect(self.path, readonly=False)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -303,6 +339,32 @@ class Reader:
     def events_after(self, seq: int, limit: int) -> list[Event]:
         sql = "SELECT seq, type, job_id, job FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
         return [Event(*row) for row in self._conn.execute(sql, (seq, limit))]
+
+    def job_events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, int, str]]:
+        """Up to `limit` (seq, type, created_at ms, job document) of one job's retained
+        events with seq > `after`, oldest first (one index range)."""
+        sql = ("SELECT seq, type, created_at, job FROM events WHERE job_id = ? AND seq > ?"
+               " ORDER BY seq LIMIT ?")
+        return self._conn.execute(sql, (job_id, after, limit)).fetchall()
+
+    def activity_since(self, since_ms: int, up_to_seq: int, samples: int) -> Activity:
+        """The events committed since `since_ms` with seq <= `up_to_seq`, by minute: how
+        many of each type, (for `job.resolved`) the largest lateness, and up to `samples`
+        lateness values per minute. SQLite counts and samples, so Python sees a few
+        thousand rows at most, however busy the hour was."""
+        resolved = EVENT_FOR_STATUS[RESOLVED]
+        counts = self._conn.execute(
+            f"SELECT created_at / 60000 * 60000 AS minute, type, COUNT(*),"
+            f" MAX(CASE WHEN type = ? THEN {_LATENESS_MS} END) FROM events"
+            " WHERE created_at >= ? AND seq <= ? GROUP BY minute, type", (resolved, since_ms, up_to_seq),
+        ).fetchall()
+        sampled = self._conn.execute(
+            f"SELECT minute, late FROM (SELECT created_at / 60000 * 60000 AS minute, {_LATENESS_MS} AS late,"
+            " ROW_NUMBER() OVER (PARTITION BY created_at / 60000 ORDER BY seq) AS n"
+            " FROM events WHERE created_at >= ? AND seq <= ? AND type = ?) WHERE n <= ?",
+            (since_ms, up_to_seq, resolved, samples),
+        ).fetchall()
+        return Activity(counts, sampled)
 
     def iter_job_chunks(self, size: int = EXPORT_CHUNK) -> Iterator[tuple[int, str]]:
         """Every job's document, oldest first, from one consistent snapshot, as
@@ -409,29 +471,98 @@ def _apply_one_outcome(conn: sqlite3.Connection, events: list[Event], outcome: O
     return job.status
 
 
+class NotStored(NamedTuple):
+    """An outcome whose job could not be written with it (its data, not the database,
+    was at fault); the job was left as it was. `reason` is one line for the log."""
+
+    reason: str
+
+
+# What a job's data can raise on its way into SQLite (text that is not valid UTF-8, an
+# integer past 64 bits, a document that is not JSON). The database's own failures
+# (sqlite3.OperationalError: disk full, I/O error, locked) fail the whole group instead.
+_DATA_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, sqlite3.DataError, sqlite3.IntegrityError)
+
+
+def _apply_isolated(conn: sqlite3.Connection, events: list[Event], outcome: Outcome) -> str | None | NotStored:
+    """Apply one outcome in its own savepoint: if its data cannot be written, only its
+    own changes are undone and the others of its batch still commit."""
+    own_events: list[Event] = []
+    conn.execute("SAVEPOINT outcome")
+    try:
+        status = _apply_one_outcome(conn, own_events, outcome)
+    except _DATA_ERRORS as exc:
+        conn.execute("ROLLBACK TO outcome")
+        conn.execute("RELEASE outcome")
+        return NotStored(f"{type(exc).__name__}: {ascii(str(exc))[1:-1][:300]}")
+    conn.execute("RELEASE outcome")
+    events.extend(own_events)
+    return status
+
+
 def _apply_outcomes(outcomes: list[Outcome]) -> WriteFn:
-    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None]:
-        return [_apply_one_outcome(conn, events, outcome) for outcome in outcomes]
+    def write(conn: sqlite3.Connection, events: list[Event]) -> list[str | None | NotStored]:
+        return [_apply_isolated(conn, events, outcome) for outcome in outcomes]
 
     return write
 
 
-def _retry_job(job_id: str, at: int) -> WriteFn:
+def _save_changed(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job) -> str:
+    """Write a job changed by the user (retried, cancelled) with its event; its new document."""
+    job_json = job.to_json()
+    conn.execute(
+        "UPDATE jobs SET status = ?, due_at = ?, doc = ? WHERE id = ?", (job.status, job.due_at, job_json, job.id),
+    )
+    _append_event(conn, events, kind, job, job_json)
+    return job_json
+
+
+def _change_job(job_id: str, refusal: type[WrongStatus], change: Callable[[Job], None], kind: str) -> WriteFn:
+    """Apply `change` to the job if its status is `refusal.needed`, else raise `refusal`."""
+
     def write(conn: sqlite3.Connection, events: list[Event]) -> str | None:
         row = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
         job = Job.from_json(row[0])
-        if job.status != FAILED:
-            raise NotRetryable(job.status)
-        job.retry(at)
-        job_json = job.to_json()
-        conn.execute(
-            "UPDATE jobs SET status = ?, due_at = ?, doc = ? WHERE id = ?",
-            (job.status, job.due_at, job_json, job.id),
-        )
-        _append_event(conn, events, RETRIED, job, job_json)
-        return job_json
+        if job.status != refusal.needed:
+            raise refusal(job.status)
+        change(job)
+        return _save_changed(conn, events, kind, job)
+
+    return write
+
+
+def _retry_job(job_id: str, at: int) -> WriteFn:
+    return _change_job(job_id, NotRetryable, lambda job: job.retry(at), RETRIED)
+
+
+def _cancel_job(job_id: str, at: int) -> WriteFn:
+    return _change_job(job_id, NotCancellable, lambda job: job.cancel(at), CANCELLED_EVENT)
+
+
+class RetriedBatch(NamedTuple):
+    job_ids: list[str]  # now pending, due at the batch's `at`
+    last_num: int  # where the next batch starts (exclusive)
+    done: bool  # no failed job is left after `last_num`
+
+
+def _retry_failed(after_num: int, limit: int, at: int) -> WriteFn:
+    """Retry up to `limit` failed jobs in creation order after `after_num` (the
+    `jobs_by_status` index: a bounded range, not a scan). A job that fails again while
+    later batches run is behind the cursor, so a bulk retry always ends."""
+
+    def write(conn: sqlite3.Connection, events: list[Event]) -> RetriedBatch:
+        rows = conn.execute(
+            "SELECT num, doc FROM jobs WHERE status = ? AND num > ? ORDER BY num LIMIT ?", (FAILED, after_num, limit),
+        ).fetchall()
+        retried = []
+        for _, doc in rows:
+            job = Job.from_json(doc)
+            job.retry(at)
+            _save_changed(conn, events, RETRIED, job)
+            retried.append(job.id)
+        return RetriedBatch(retried, rows[-1][0] if rows else after_num, done=len(rows) < limit)
 
     return write
 
@@ -521,8 +652,9 @@ class WriteRequests:
         return self._request("create_job", (job, idempotency_key))
 
     def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
-        """Future of each job's new status (None where it was not pending), in order:
-        one operation (and one wake-up of the caller) for a whole batch of photos."""
+        """Future of each job's new status (None where it was not pending, `NotStored`
+        where that outcome's data could not be written), in order: one operation (and
+        one wake-up of the caller) for a whole batch of photos, each outcome isolated."""
         return self._request("apply_outcomes", (outcomes,))
 
     def apply_outcome(self, outcome: Outcome) -> AnyFuture:
@@ -533,6 +665,16 @@ class WriteRequests:
         """Future of the job's new document (pending, due at `at`), None if there is no
         such job; raises NotRetryable unless it is failed."""
         return self._request("retry_job", (job_id, at))
+
+    def cancel_job(self, job_id: str, at: int) -> AnyFuture:
+        """Future of the job's new document (cancelled at `at`), None if there is no such
+        job; raises NotCancellable unless it is pending."""
+        return self._request("cancel_job", (job_id, at))
+
+    def retry_failed(self, after_num: int, limit: int, at: int) -> AnyFuture:
+        """Future of a RetriedBatch: up to `limit` failed jobs after `after_num` made
+        pending again, due at `at`, each with its `job.retried` event."""
+        return self._request("retry_failed", (after_num, limit, at))
 
     def prune_events(self, older_than_ms: int) -> AnyFuture:
         return self._request("prune_events", (older_than_ms,))
@@ -558,6 +700,8 @@ _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
     "apply_outcomes": lambda outcomes: (_apply_outcomes(outcomes), False, None),
     "apply_outcome": lambda outcome: (functools.partial(_apply_one_outcome, outcome=outcome), False, None),
     "retry_job": lambda job_id, at: (_retry_job(job_id, at), False, None),
+    "cancel_job": lambda job_id, at: (_cancel_job(job_id, at), False, None),
+    "retry_failed": lambda *args: (_retry_failed(*args), False, None),
     "prune_events": lambda older_than_ms: (_prune_events(older_than_ms), False, None),
     "ping": lambda: (_nothing, False, None),
     "delete_settled_jobs": lambda *args: (_delete_settled_jobs(*args), False, None),

@@ -20,9 +20,10 @@ import os
 import random
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
+
+from calo.sanitize import http_url, storable_image
 
 CONNECT_TIMEOUT = 3.05  # seconds; just over a multiple of 3, TCP's retransmit window
 READ_TIMEOUT = 10.0
@@ -69,48 +70,29 @@ class Fetched:
     rate_remaining: int | None = None  # X-Ratelimit-Remaining
 
 
-def http_url(value: Any) -> str | None:
-    """`value` if it is an absolute http(s) URL, else None."""
-    if not isinstance(value, str) or len(value) > 4096:
-        return None
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return None
-    return value if parts.scheme in ("http", "https") and parts.netloc else None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def image_from_photo(photo: Any) -> dict[str, Any] | None:
-    """The job's `image` object for one Unsplash photo, or None if it has no usable URL."""
+    """The job's `image` object for one Unsplash photo, made storable (calo.sanitize:
+    valid Unicode, capped lengths), or None if it has no usable http(s) URL."""
     if not isinstance(photo, dict):
         return None
-    urls = photo.get("urls") if isinstance(photo.get("urls"), dict) else {}
-    url = http_url(urls.get("regular"))
-    if url is None:
-        return None
-    user = photo.get("user") if isinstance(photo.get("user"), dict) else {}
-    user_links = user.get("links") if isinstance(user.get("links"), dict) else {}
-    links = photo.get("links") if isinstance(photo.get("links"), dict) else {}
-    return {
+    urls = _object(photo.get("urls"))
+    user = _object(photo.get("user"))
+    return storable_image({
         "source": "unsplash",
-        "url": url,
+        "url": http_url(urls.get("regular")),
         "thumb_url": http_url(urls.get("small")),
-        "width": _int(photo.get("width")),
-        "height": _int(photo.get("height")),
-        "color": _text(photo.get("color")),
-        "blur_hash": _text(photo.get("blur_hash")),
-        "alt": _text(photo.get("alt_description")),
-        "photographer": {"name": _text(user.get("name")), "profile_url": http_url(user_links.get("html"))},
-        "unsplash_url": http_url(links.get("html")),
-    }
+        "width": photo.get("width"),
+        "height": photo.get("height"),
+        "color": photo.get("color"),
+        "blur_hash": photo.get("blur_hash"),
+        "alt": photo.get("alt_description"),
+        "photographer": {"name": user.get("name"), "profile_url": _object(user.get("links")).get("html")},
+        "unsplash_url": _object(photo.get("links")).get("html"),
+    })
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _header_int(response: requests.Response, name: str) -> int | None:

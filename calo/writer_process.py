@@ -46,7 +46,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from calo.store import Event, NotRetryable, StoreError, Writer, WriteRequests
+from calo.store import Event, StoreError, Writer, WriteRequests, WrongStatus
 
 STOP_TIMEOUT_SECONDS = 30  # a commit takes milliseconds; this only bounds a wedged disk
 PR_SET_PDEATHSIG = 1
@@ -214,7 +214,7 @@ def _portable(error: BaseException | None) -> BaseException | None:
     """An error the parent can unpickle and the API knows: the store's own are kept,
     anything else becomes a StoreError that names it (an exception whose constructor
     does not take its own args back would otherwise fail in the parent's reader)."""
-    if error is None or type(error) in (NotRetryable, StoreError):
+    if error is None or type(error) is StoreError or isinstance(error, WrongStatus):
         return error
     return StoreError(f"write failed: {error!r}")
 

@@ -63,7 +63,16 @@ ALT_DESCRIPTIONS = [
 @dataclass
 class _Fault:
     status: int | None  # None means: reset the connection instead of answering
-    times_left: int | None  # None means: until clear_faults()
+    times_left: int | None  # None means: until clear_faults() (or `until`)
+    answer: _Answer | None = None  # a canned answer instead of the status's usual one
+    until: float | None = None  # time.monotonic() at which the fault ends by itself
+
+
+@dataclass
+class _Trickle:
+    interval: float  # seconds between two bytes
+    stage: str  # "headers": the status line and headers trickle; "body": the body does
+    times_left: int | None
 
 
 @dataclass
@@ -189,6 +198,25 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silenced: per-request stderr lines would drown test output."""
 
+    def send_trickled(self, answer: _Answer, trickle: _Trickle, stopping: threading.Event) -> None:
+        """Send `answer` a byte every `trickle.interval` seconds (only its headers, or only
+        its body), as a sick upstream or a stalled proxy does; stop() cuts it short."""
+        lines = [f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}",
+                 f"Content-Type: {answer.content_type}", f"Content-Length: {len(answer.body)}",
+                 *(f"{name}: {value}" for name, value in answer.headers.items())]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        slow, fast = (head, answer.body) if trickle.stage == "headers" else (answer.body, head)
+        self.close_connection = True
+        if trickle.stage == "body":
+            self.wfile.write(fast)
+        for index in range(len(slow)):
+            self.wfile.write(slow[index:index + 1])
+            self.wfile.flush()
+            if stopping.wait(trickle.interval):
+                return
+        if trickle.stage == "headers":
+            self.wfile.write(fast)
+
     def send_answer(self, answer: _Answer) -> None:
         self.send_response(answer.status)
         self.send_header("Content-Type", answer.content_type)
@@ -267,6 +295,8 @@ class FakeUnsplash:
         self._remaining = rate_limit
         self._rate_limit_status = 403
         self._fault: _Fault | None = None
+        self._trickle: _Trickle | None = None
+        self._body_filter: Callable[[bytes], bytes] | None = None
         self._delay = 0.0
         self._photo_override: Json = {}
         self._calls: deque[Json] = deque(maxlen=MAX_RECORDED_CALLS)
@@ -318,10 +348,39 @@ class FakeUnsplash:
         return f"http://{self._host}:{self.port}"
 
     # -- knobs -----------------------------------------------------------------
-    def fail_with(self, status: int, times: int | None = None) -> None:
+    def fail_with(self, status: int, times: int | None = None, seconds: float | None = None) -> None:
+        """Answer API calls with `status` (5xx): `times` calls, or for `seconds`, or
+        until cleared."""
         if not 500 <= status <= 599:
             raise ValueError(f"fail_with expects a 5xx status, got {status}")
-        self._set_fault(_Fault(status, _checked_times(times)))
+        self._set_fault(_Fault(status, _checked_times(times), until=_until(seconds)))
+
+    def answer_with(
+        self, status: int, body: bytes | str = b"", headers: dict[str, str | None] | None = None,
+        content_type: str = "text/plain", times: int | None = None, seconds: float | None = None,
+    ) -> None:
+        """Answer API calls with exactly this: any status, body and headers (a header
+        given as None is left out, e.g. `{"X-Ratelimit-Remaining": None}`), for `times`
+        calls, or `seconds`, or until cleared. For odd 403s, 429 with Retry-After and
+        the like."""
+        raw = body.encode() if isinstance(body, str) else body
+        answer = _Answer(status, raw, content_type, dict(headers or {}))  # type: ignore[arg-type]
+        self._set_fault(_Fault(status, _checked_times(times), answer=answer, until=_until(seconds)))
+
+    def trickle(self, interval: float, stage: str = "body", times: int | None = None) -> None:
+        """Send the next answers a byte every `interval` seconds: stage "body" sends the
+        status line and headers at once and then trickles the body; "headers" trickles
+        from the first byte. For `times` calls, or until cleared."""
+        if stage not in ("body", "headers"):
+            raise ValueError("stage is 'body' or 'headers'")
+        with self._lock:
+            self._trickle = _Trickle(interval, stage, _checked_times(times))
+
+    def set_body_filter(self, body_filter: Callable[[bytes], bytes] | None) -> None:
+        """Pass the body of every 200 photo answer through `body_filter` (e.g. to put
+        bytes that are not UTF-8 in it); None removes it."""
+        with self._lock:
+            self._body_filter = body_filter
 
     def drop_connections(self, times: int | None = None) -> None:
         self._set_fault(_Fault(None, _checked_times(times)))
@@ -333,6 +392,8 @@ class FakeUnsplash:
     def clear_faults(self) -> None:
         with self._lock:
             self._fault = None
+            self._trickle = None
+            self._body_filter = None
             self._delay = 0.0
 
     def set_photo_override(self, override: Json | None) -> None:
@@ -390,6 +451,10 @@ class FakeUnsplash:
         if answer is None:
             request.reset_connection()
             return
+        trickle = self._take_trickle()
+        if trickle is not None:
+            request.send_trickled(answer, trickle, self._stopping)
+            return
         request.send_answer(answer)
 
     def _api_answer(
@@ -403,7 +468,9 @@ class FakeUnsplash:
         fault = self._take_fault()
         if fault is not None and fault.status is None:
             return None
-        if fault is not None and fault.status is not None:
+        if fault is not None and fault.answer is not None:
+            answer = copy.deepcopy(fault.answer)
+        elif fault is not None and fault.status is not None:
             answer = _error_answer(fault.status, HTTPStatus(fault.status).phrase)
         elif authorization != f"Client-ID {self._access_key}":
             answer = _error_answer(401, INVALID_KEY_MESSAGE)
@@ -412,6 +479,7 @@ class FakeUnsplash:
         limit, remaining = self._budget_snapshot()
         answer.headers.setdefault("X-Ratelimit-Limit", str(limit))
         answer.headers.setdefault("X-Ratelimit-Remaining", str(remaining))
+        answer.headers = {name: value for name, value in answer.headers.items() if value is not None}
         return answer
 
     def _route(self, path: str, query: dict[str, str]) -> _Answer:
@@ -431,9 +499,9 @@ class FakeUnsplash:
                 400, f"count must be between 1 and {MAX_PHOTOS_PER_CALL}"
             )
         if count is None:  # without count the API answers one object, not a list
-            return self._metered(lambda: _json_answer(200, self._photo()))
+            return self._metered(lambda: self._filtered(_json_answer(200, self._photo())))
         return self._metered(
-            lambda: _json_answer(200, [self._photo() for _ in range(count)])
+            lambda: self._filtered(_json_answer(200, [self._photo() for _ in range(count)]))
         )
 
     def _metered(self, build_answer: Callable[[], _Answer]) -> _Answer:
@@ -448,6 +516,13 @@ class FakeUnsplash:
             answer = build_answer()
         # Captured under the lock so concurrent calls never report a stale count.
         answer.headers["X-Ratelimit-Remaining"] = str(remaining)
+        return answer
+
+    def _filtered(self, answer: _Answer) -> _Answer:
+        with self._lock:
+            body_filter = self._body_filter
+        if body_filter is not None and answer.status == 200:
+            answer.body = body_filter(answer.body)
         return answer
 
     def _photo(self) -> Json:
@@ -469,9 +544,20 @@ class FakeUnsplash:
             # A new fault replaces the current one rather than queueing behind it.
             self._fault = fault
 
+    def _take_trickle(self) -> _Trickle | None:
+        with self._lock:
+            trickle = self._trickle
+            if trickle is not None and trickle.times_left is not None:
+                trickle.times_left -= 1
+                if trickle.times_left <= 0:
+                    self._trickle = None
+            return trickle
+
     def _take_fault(self) -> _Fault | None:
         with self._lock:
             fault = self._fault
+            if fault is not None and fault.until is not None and time.monotonic() >= fault.until:
+                fault = self._fault = None
             if fault is not None and fault.times_left is not None:
                 fault.times_left -= 1
                 if fault.times_left <= 0:
@@ -489,6 +575,10 @@ class FakeUnsplash:
         with self._lock:
             self._calls.append(call)
             self._photo_requests += path == "/photos/random"
+
+
+def _until(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _checked_times(times: int | None) -> int | None:

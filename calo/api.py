@@ -128,6 +128,19 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
             raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         return bytes(self._body)
 
+    def link_next(self, query: dict[str, str]) -> None:
+        """`Link: <this path?query>; rel="next"`, absolute from --public-url when set, else
+        from the request's Host when the server checks it (--allowed-hosts, or bound to
+        loopback), else a path: a Host nobody vetted never makes a URL."""
+        public_url = self.settings.get("calo_public_url")
+        if public_url:
+            base = public_url
+        elif self.settings.get("calo_hosts") is not None:
+            base = f"{self.request.protocol}://{self.request.host}"
+        else:
+            base = ""
+        self.set_header("Link", f'<{base}{self.request.path}?{urlencode(query)}>; rel="next"')
+
     def write_json(self, text: str, status: int = 200) -> None:
         """Send an already-encoded JSON document (lists included: `write()` refuses them)."""
         self.set_status(status)
@@ -170,8 +183,7 @@ class JobsHandler(ApiHandler):
     def _link_next(self, status: str | None, limit: int, last_num: int) -> None:
         query = {"status": status} if status else {}
         query.update(limit=str(limit), cursor=encode_cursor(last_num))
-        url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(query)}"
-        self.set_header("Link", f'<{url}>; rel="next"')
+        self.link_next(query)
 
     async def post(self) -> None:
         self.check_no_fields()
@@ -267,9 +279,7 @@ class JobEventsHandler(ApiHandler):
             raise ApiError(404, "job_not_found", "no job with this id")
         if len(events) > EVENTS_PAGE:
             events = events[:EVENTS_PAGE]
-            last_seq = json.loads(events[-1])["seq"]
-            url = f"{self.request.protocol}://{self.request.host}{self.request.path}?after={last_seq}"
-            self.set_header("Link", f'<{url}>; rel="next"')
+            self.link_next({"after": str(json.loads(events[-1])["seq"])})
         self.write_json("[" + ",".join(events) + "]")
 
 

@@ -34,7 +34,7 @@ from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
 from calo.live import MAX_CLIENT_MESSAGE_BYTES, EventsSocket, Hub
 from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
-from calo.openapi import OpenApiHandler
+from calo.openapi import OpenApiHandler, document_json
 from calo.pages import IndexHandler, StaticFiles
 from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
@@ -68,14 +68,14 @@ def find_web_root() -> str:
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
     stats: StatsReport, delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
-    hosts: frozenset[str] | None = None,
+    hosts: frozenset[str] | None = None, public_url: str | None = None,
 ) -> tornado.web.Application:
     """The route table: every URL Calo Jobs answers. `hosts`: the Host names answered
-    (calo.access.answered_hosts); None answers any."""
+    (calo.access.answered_hosts); None answers any. `public_url`: --public-url."""
     api = {"service": service, "access": access}
     routes = [
         (r"/", IndexHandler, {"delays": delays}),
-        (r"/openapi.json", OpenApiHandler),
+        (r"/openapi.json", OpenApiHandler, {"document_json": document_json(access)}),
         (r"/jobs", JobsHandler, api),
         (r"/jobs/retry-failed", RetryFailedHandler, api),  # before /jobs/{id}: never a job id
         (r"/jobs/([^/]+)", JobHandler, api),
@@ -100,6 +100,7 @@ def make_app(
         websocket_max_message_size=MAX_CLIENT_MESSAGE_BYTES,  # refused from the frame header
         log_function=access_logger(access_log),  # logfmt lines with each X-Request-Id
         calo_hosts=hosts,  # read by calo.errors.JsonErrors.check_host, on every route
+        calo_public_url=public_url,  # read by calo.api's Link headers
     )
     app.add_transform(RequestIdTransform)
     return app
@@ -166,7 +167,7 @@ class Calo:
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
             stats=StatsReport(self.service, self.activity, self.health),
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
-            hosts=answered_hosts(settings.host, settings.allowed_hosts),
+            hosts=answered_hosts(settings.host, settings.allowed_hosts), public_url=settings.public_url,
         )
 
     def _start_watching(self, recovery: dict[str, int]) -> None:

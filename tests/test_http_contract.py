@@ -264,3 +264,19 @@ def test_readyz_shows_counts_never_a_job_id(server_process):
     ready = server.get("/readyz")
     assert ready.status_code == 200 and made["id"] not in ready.text
     assert json.loads(ready.text)["checks"]["recovery"]["ok"] is True
+
+
+def test_link_headers_come_from_the_public_url_or_a_vetted_host_never_an_unvetted_one(server_process, tmp_path):
+    published = server_process("--public-url", "https://jobs.example/calo")
+    for _ in range(2):
+        published.post("/jobs")
+    link = published.get("/jobs?limit=1", headers={"Host": "localhost"}).headers["Link"]
+    assert link.startswith("<https://jobs.example/calo/jobs?limit=1&cursor=") and link.endswith('>; rel="next"')
+    anyone = server_process("--allowed-hosts", "*", "--data-dir", str(tmp_path / "second"))
+    for _ in range(2):
+        anyone.post("/jobs")
+    port = int(anyone.url.rsplit(":", 1)[1])
+    answer = exchange(port, b"GET", b"/jobs?limit=1", host=b"evil.example")
+    assert answer.status == 200 and answer.headers["link"].startswith("</jobs?limit=1&cursor=")
+    follow = anyone.get(answer.headers["link"][1:].split(">")[0])
+    assert follow.status_code == 200 and len(follow.json()) == 1 and "Link" not in follow.headers

@@ -7,6 +7,6 @@ run:
 test:
 	bash scripts/test.sh
 lint:
-	.venv/bin/python -m pip install -q ruff && .venv/bin/ruff check calo tests server.py setup.py
+	bash scripts/bootstrap.sh --test && bash scripts/lint.sh
 bench:
 	.venv/bin/python bench/run.py

@@ -41,6 +41,12 @@ setup(
             "jsonschema>=4.18",
             "websockets>=13,<18",  # a WebSocket client that is not Tornado's, for the /ws contract
             "playwright>=1.41,<2",  # drives Debian's chromium; never `playwright install`
+            # Linters, run by scripts/lint.sh before the tests. Pinned to a minor release:
+            # a new one may add findings, and CI must not turn red on its own.
+            "ruff>=0.17,<0.18",
+            "mypy>=2.4,<2.5",
+            "types-requests>=2.31",
+            "types-jsonschema>=4.18",
         ],
     },
     entry_points={"console_scripts": ["calo-server = calo.cli:main"]},

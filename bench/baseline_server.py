@@ -34,7 +34,7 @@ from tornado.httpserver import HTTPServer  # noqa: E402
 from tornado.netutil import bind_sockets  # noqa: E402
 
 from bench.jobdocs import image_pool, pending_job, resolved_job  # noqa: E402
-from calo.jobs import now_ms  # noqa: E402
+from calo.clock import now_ms  # noqa: E402
 
 JSON_TYPE = "application/json; charset=utf-8"
 

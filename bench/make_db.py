@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.jobdocs import image_pool, pending_job, resolved_job  # noqa: E402
-from calo.jobs import Job, now_ms  # noqa: E402
+from calo.clock import now_ms  # noqa: E402
+from calo.jobs import Job  # noqa: E402
 from calo.store import DB_FILE, MIGRATIONS, Database  # noqa: E402
 
 BATCH = 50_000  # rows per transaction

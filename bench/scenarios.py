@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import harness as h
 from bench.make_db import cached_db, even_due, make_db, sample_ids, spread_due
-from calo.jobs import now_ms, parse_iso_utc
+from calo.clock import now_ms, parse_iso_utc
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300")  # nothing resolves during a run
 WORKERS = 8

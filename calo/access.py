@@ -92,7 +92,7 @@ class AccessPolicy:
 
     def cors_headers(self, origin: str | None, preflight: bool) -> dict[str, str]:
         """The CORS headers for a request from `origin` (none if it is not allowed)."""
-        if not self.origin_allowed(origin):
+        if origin is None or not self.origin_allowed(origin):
             return {}
         headers = {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": CORS_EXPOSED}
         if preflight:

@@ -30,16 +30,19 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import tornado.web
 
-from calo.access import AccessPolicy
+from calo.errors import JSON_TYPE, ApiError, JsonErrors
 from calo.jobs import STATUSES
 from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
-from calo.errors import JSON_TYPE, ApiError, JsonErrors
 from calo.service import JobService, NotCancellable, NotRetryable, Overloaded, Resolving, StoreError, WrongStatus
-from calo.stats import StatsReport
+
+if TYPE_CHECKING:
+    from calo.access import AccessPolicy
+    from calo.stats import StatsReport
 
 MAX_BODY_BYTES = 64 * 1024
 OVERLOAD_RETRY_AFTER_SECONDS = 5

@@ -15,18 +15,27 @@ Must never: hold logic of its own beyond building and connecting the parts.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.ioloop import IOLoop
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from calo.access import AccessPolicy, answered_hosts
 from calo.api import (
-    CancelHandler, JobEventsHandler, JobHandler, JobsHandler, NotFoundHandler, RetryFailedHandler, RetryHandler,
+    CancelHandler,
+    JobEventsHandler,
+    JobHandler,
+    JobsHandler,
+    NotFoundHandler,
+    RetryFailedHandler,
+    RetryHandler,
     StatsHandler,
 )
 from calo.config import Settings
@@ -46,7 +55,13 @@ from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
 from calo.writer_process import WriterProcess
 
+if TYPE_CHECKING:
+    from calo.config import Settings
+
 log = logging.getLogger("calo")
+
+# (URL pattern, handler class[, its initialize() arguments])
+Route = tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
 
 WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
 SHUTDOWN_GRACE_SECONDS = 10
@@ -73,7 +88,7 @@ def make_app(
     """The route table: every URL Calo Jobs answers. `hosts`: the Host names answered
     (calo.access.answered_hosts); None answers any. `public_url`: --public-url."""
     api = {"service": service, "access": access}
-    routes = [
+    routes: list[Route] = [
         (r"/", IndexHandler, {"delays": delays}),
         (r"/openapi.json", OpenApiHandler, {"document_json": document_json(access)}),
         (r"/jobs", JobsHandler, api),
@@ -106,6 +121,13 @@ def make_app(
     return app
 
 
+def asyncio_loop(loop: IOLoop) -> asyncio.AbstractEventLoop:
+    """The asyncio event loop a Tornado IOLoop runs on (every IOLoop does, since Tornado 6)."""
+    if not isinstance(loop, BaseAsyncIOLoop):
+        raise TypeError(f"{loop!r} does not run on asyncio")
+    return loop.asyncio_loop
+
+
 def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
     if settings.unsplash_access_key:
         return UnsplashSource(settings.unsplash_api_url, settings.unsplash_access_key, settings.unsplash_timeout)
@@ -136,7 +158,7 @@ class Calo:
         self.exporter = JsonExporter(self.database)
         # The writer runs in its own process; each group's results and events come back
         # to the IOLoop as one message.
-        self.writer = WriterProcess(self.database.path, self._on_commit, self._loop.asyncio_loop, self._writer_died)
+        self.writer = WriterProcess(self.database.path, self._on_commit, asyncio_loop(self._loop), self._writer_died)
         self.writer.start()
         self.reader = self.database.reader()
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")

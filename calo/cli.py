@@ -44,7 +44,8 @@ def _listen(server: SlowClientsCutOffServer, settings: Settings) -> int:
     except OSError as exc:
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     server.add_sockets(sockets)
-    return sockets[0].getsockname()[1]
+    port: int = sockets[0].getsockname()[1]
+    return port
 
 
 async def serve(settings: Settings) -> None:
@@ -92,10 +93,10 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-def import_json(settings: Settings) -> None:
+def import_json(settings: Settings, path: str) -> None:
     """`--import-json FILE`: rebuild an empty or missing database from an export."""
     try:
-        job_docs = read_export(settings.import_json)
+        job_docs = read_export(path)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     try:
@@ -106,7 +107,7 @@ def import_json(settings: Settings) -> None:
             database.close()
     except StoreError as exc:
         raise StartupError(str(exc)) from None
-    log.info("imported %d jobs from %s into %s", count, settings.import_json, database.path)
+    log.info("imported %d jobs from %s into %s", count, path, database.path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         if settings.import_json:
-            import_json(settings)
+            import_json(settings, settings.import_json)
         else:
             asyncio.run(serve(settings))
     except StartupError as exc:

@@ -17,8 +17,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
+from typing import Any, NoReturn
 
 HOST_NAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")  # a name, an IPv4 or a [IPv6] address
 
@@ -222,7 +221,7 @@ class Settings:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print usage and exit 2
+    def error(self, message: str) -> NoReturn:  # argparse would print usage and exit 2
         raise ConfigError(message)
 
 
@@ -234,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     for setting in SETTINGS:
         if setting.flag:
             env_names = "/".join(setting.env)
-            switch = {"nargs": "?", "const": "true"} if setting.parse is _flag else {}
+            switch: dict[str, Any] = {"nargs": "?", "const": "true"} if setting.parse is _flag else {}
             parser.add_argument(
                 setting.flag, dest=setting.name, metavar="VALUE", **switch,
                 help=f"{setting.help} (env {env_names}; default {setting.default})",
@@ -243,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _raw_value(setting: Setting, flags: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
-    from_flag = getattr(flags, setting.name, None)
+    from_flag: str | None = getattr(flags, setting.name, None)
     if from_flag is not None:
         return from_flag
     return next((environ[name] for name in setting.env if name in environ), None)

@@ -77,16 +77,16 @@ def allowed_methods(handler_class: type) -> tuple[str, ...]:
     return (*(method for method in METHODS if implements(method)), "OPTIONS")
 
 
-class JsonErrors:
-    """RequestHandler mixin: JSON errors, HEAD, OPTIONS, 405 with Allow; no URI in logs."""
+class JsonErrors(tornado.web.RequestHandler):
+    """Handler mixin, listed before the handler's Tornado base: JSON errors, HEAD, OPTIONS,
+    405 with Allow, the Host check, security headers; no URI in logs."""
 
-    request: Any  # provided by tornado.web.RequestHandler
+    calo_error_code: str | None = None  # the error answered, for the access line
 
     def set_default_headers(self) -> None:
-        handler: tornado.web.RequestHandler = self  # type: ignore[assignment]
         for name, value in SECURITY_HEADERS.items():
-            handler.set_header(name, value)
-        handler.clear_header("Server")  # Tornado's names its version
+            self.set_header(name, value)
+        self.clear_header("Server")  # Tornado's names its version
 
     def check_request(self) -> None:
         """421 for a Host we do not answer to, 405 for a method this route does not
@@ -98,7 +98,7 @@ class JsonErrors:
     def check_host(self) -> None:
         """The Host header must name us (application setting `calo_hosts`, from
         calo.access.answered_hosts; None answers any)."""
-        hosts = self.settings.get("calo_hosts")  # type: ignore[attr-defined]
+        hosts = self.settings.get("calo_hosts")
         if hosts is not None and self.request.host_name not in hosts:
             raise ApiError(421, "unknown_host", "this server does not answer to that Host name "
                            "(see --allowed-hosts)")
@@ -109,17 +109,16 @@ class JsonErrors:
 
     def head(self, *args: Any, **kwargs: Any) -> Any:
         """As GET; Tornado drops the body of an answer to HEAD and keeps its length."""
-        return self.get(*args, **kwargs)  # type: ignore[attr-defined]
+        return self.get(*args, **kwargs)
 
     def options(self, *args: Any, **kwargs: Any) -> None:
         """204 with Allow (and, on the API, CORS preflight headers from set_default_headers)."""
-        handler: tornado.web.RequestHandler = self  # type: ignore[assignment]
-        handler.set_header("Allow", ", ".join(allowed_methods(type(self))))
-        handler.set_status(204)
-        handler.finish()
+        self.set_header("Allow", ", ".join(allowed_methods(type(self))))
+        self.set_status(204)
+        self.finish()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        handler: tornado.web.RequestHandler = self  # type: ignore[assignment]
+        handler = self
         error = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(error, ApiError):
             code, message = error.code, error.message
@@ -138,7 +137,8 @@ class JsonErrors:
         self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None,
     ) -> None:
         """An HTTPError is told by the access line alone; anything else gets a traceback."""
-        if isinstance(value, tornado.web.HTTPError):
+        if value is None or isinstance(value, tornado.web.HTTPError):
             return
-        fields = {"method": self.request.method, "path": self.request.path, "request_id": request_id(self.request)}
-        log.error("uncaught exception", extra={"fields": fields}, exc_info=(typ, value, tb))  # type: ignore[arg-type]
+        request = self.request
+        fields = {"method": request.method, "path": request.path, "request_id": request_id(request)}
+        log.error("uncaught exception", extra={"fields": fields}, exc_info=(type(value), value, tb))

@@ -23,9 +23,13 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
-from calo.jobs import iso_utc, now_ms
-from calo.store import Database
+from calo.clock import iso_utc, now_ms
+
+if TYPE_CHECKING:
+    from calo.store import Database, Reader
 
 log = logging.getLogger("calo.export")
 
@@ -34,7 +38,7 @@ PACING = 5  # wait at least this many times an export's duration before the next
 FORMAT = "calo-jobs-export"
 
 
-def write_atomically(path: str, write_body) -> None:
+def write_atomically(path: str, write_body: Callable[[TextIO], None]) -> None:
     """Write a file so that readers see the old or the new one, never a mix."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp_path = tempfile.mkstemp(prefix=".jobs-", suffix=".tmp", dir=directory)
@@ -102,7 +106,7 @@ class JsonExporter:
         so that exporting takes at most 1/(PACING + 1) of the time (and of the GIL)."""
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
-    def _export_logged(self, reader) -> None:
+    def _export_logged(self, reader: Reader) -> None:
         started, ok = now_ms(), False
         try:
             self.export(reader)
@@ -111,11 +115,11 @@ class JsonExporter:
             log.error("JSON export to %s failed: %s", self.path, exc)
         self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
 
-    def export(self, reader) -> int:
+    def export(self, reader: Reader) -> int:
         """Write every job to `jobs.json`; returns how many."""
         count = 0
 
-        def body(file) -> None:
+        def body(file: TextIO) -> None:
             nonlocal count
             file.write(f'{{"format":"{FORMAT}","version":1,"exported_at":"{iso_utc(now_ms())}","jobs":[')
             for chunk_count, docs in reader.iter_job_chunks():

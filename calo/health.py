@@ -30,15 +30,18 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from calo.jobs import FAILED, PENDING, RESOLVED, iso_utc, now_ms
-from calo.scheduler import Scheduler
-from calo.store import Reader, StoreError, Writer
-from calo.throttle import UpstreamGate
+from calo.clock import iso_utc, now_ms
 from calo.errors import JSON_TYPE, JsonErrors
+from calo.jobs import FAILED, PENDING, RESOLVED
+from calo.store import Reader, StoreError, WriteRequests
+
+if TYPE_CHECKING:
+    from calo.scheduler import Scheduler
+    from calo.throttle import UpstreamGate
 
 log = logging.getLogger("calo.health")
 
@@ -51,7 +54,7 @@ class Health:
         self,
         *,
         reader: Reader,
-        writer: Writer,
+        writer: WriteRequests,
         scheduler: Scheduler,
         gate: UpstreamGate,
         demo: bool,
@@ -116,7 +119,8 @@ class Health:
         return check
 
     def scheduler_ok(self) -> bool:
-        return self.scheduler()["ok"]
+        ok: bool = self.scheduler()["ok"]
+        return ok
 
     def _runnable_since(self, due_at: int, now: int) -> int | None:
         """Since when a job due at `due_at` could have run; None while the upstream is
@@ -126,7 +130,7 @@ class Health:
         state = self._gate.state(now)
         if state["state"] != "ok":
             return None
-        return max(due_at, self._started_at, state["since"])
+        return max(due_at, self._started_at, state.get("since") or 0)
 
     def _note(self, check: dict[str, Any], job_id: str | None) -> None:
         """Log when the scheduler turns stuck (naming the job, for the operator) or recovers."""
@@ -142,7 +146,7 @@ class Health:
         """ok, demo, failing (since), or rate_limited (until); plus the request budget."""
         if self._demo:
             return {"state": "demo"}
-        state = dict(self._gate.state(self._clock()))
+        state: dict[str, Any] = dict(self._gate.state(self._clock()))
         for key in ("since", "until"):
             if state.get(key):
                 state[key] = iso_utc(state[key])

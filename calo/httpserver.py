@@ -23,20 +23,23 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 
 SWEEP_EVERY_MS = 1000
+DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds; `--client-timeout` sets it (calo/config.py)
 
 
 class SlowClientsCutOffServer(HTTPServer):
     """An HTTPServer whose connections must deliver each whole request within
     `request_timeout` seconds of starting to wait for it (give or take one sweep)."""
 
-    def initialize(self, *args: Any, request_timeout: float, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self._request_timeout = request_timeout
         self._waiting: dict[Any, float] = {}  # connection -> deadline for its next headers
         self._sweep = PeriodicCallback(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, request_timeout * 250))
         self._sweep.start()
 
-    def start_request(self, server_conn: object, request_conn: tornado.httputil.HTTPConnection):  # type: ignore[no-untyped-def]
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
         """Tornado calls this when a connection starts waiting for its next request."""
         self._waiting[server_conn] = time.monotonic() + self._request_timeout
         return _RequestArrives(super().start_request(server_conn, request_conn), self._waiting, server_conn)
@@ -60,12 +63,16 @@ class SlowClientsCutOffServer(HTTPServer):
 class _RequestArrives(tornado.httputil.HTTPMessageDelegate):
     """Passes everything on to Tornado's delegate; the request's last byte ends the wait."""
 
-    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, waiting: dict, conn: object):
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, waiting: dict[Any, float], conn: object):
         self._delegate = delegate
         self._waiting = waiting
         self._conn = conn
 
-    def headers_received(self, start_line, headers) -> Awaitable[None] | None:  # type: ignore[no-untyped-def]
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
         return self._delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:

@@ -10,15 +10,14 @@ and pure functions, safe to call from any thread.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import os
 import random
 import re
-import threading
 from typing import Any
 
 from calo import sanitize
+from calo.clock import iso_utc, parse_iso_utc
+from calo.tokens import random_token
 
 PENDING = "pending"
 RESOLVED = "resolved"
@@ -35,57 +34,6 @@ RETRIED = "job.retried"
 CANCELLED_EVENT = "job.cancelled"
 
 
-def now_ms() -> int:
-    """Wall-clock time in integer milliseconds since the epoch (UTC)."""
-    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)
-
-
-def iso_utc(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 UTC with a `Z` suffix, or None."""
-    if ms is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
-def parse_iso_utc(text: str | None) -> int | None:
-    """Inverse of `iso_utc`."""
-    if text is None:
-        return None
-    # fromisoformat reads the "Z" (Python 3.11+) and is many times faster than strptime.
-    return round(datetime.datetime.fromisoformat(text).timestamp() * 1000)
-
-
-class _RandomTokens:
-    """Hex tokens cut from the kernel's CSPRNG 4 KiB at a time: one `getrandom` call per
-    512 tokens instead of one per token (that call was about 5% of a POST's CPU time).
-    Thread-safe; a forked child starts with a fresh buffer, so it never repeats a token."""
-
-    READ = 4096
-    TOKEN_BYTES = 8
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._hex = ""
-        self._at = 0
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._hex, self._at = "", 0
-
-    def next(self) -> str:
-        width = 2 * self.TOKEN_BYTES
-        with self._lock:
-            if self._at >= len(self._hex):
-                self._hex, self._at = os.urandom(self.READ).hex(), 0
-            token = self._hex[self._at:self._at + width]
-            self._at += width
-        return token
-
-
-random_token = _RandomTokens().next  # 16 hex characters, unguessable
-
-
 def new_job_id() -> str:
     """A random, URL-safe, unguessable job id."""
     return random_token()
@@ -96,10 +44,12 @@ MAX_EXPORTED_DELAY = 366 * 24 * 3600
 _EARLIEST_MS, _LATEST_MS = 0, 253_402_300_799_999  # 1970-01-01 to 9999-12-31T23:59:59.999Z
 
 
-def _exported_time(doc: dict[str, Any], field: str, optional: bool = False) -> int | None:
+def _exported_time_or_none(doc: dict[str, Any], field: str) -> int | None:
+    return None if doc.get(field) is None else _exported_time(doc, field)
+
+
+def _exported_time(doc: dict[str, Any], field: str) -> int:
     text = doc.get(field)
-    if text is None and optional:
-        return None
     try:
         ms = parse_iso_utc(text) if isinstance(text, str) else None
     except (ValueError, OverflowError):
@@ -206,7 +156,7 @@ class Job:
             id=doc["id"], status=doc["status"],
             created_at=_exported_time(doc, "created_at"), due_at=_exported_time(doc, "due_at"),
             delay_seconds=delay, attempts=attempts,
-            resolved_at=_exported_time(doc, "resolved_at", optional=True),
+            resolved_at=_exported_time_or_none(doc, "resolved_at"),
             result=sanitize.storable_url(doc.get("result")),
             error=sanitize.storable_error(doc.get("error")),
             image=sanitize.storable_image(doc.get("image")),

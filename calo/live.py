@@ -29,20 +29,23 @@ Must never: let one slow client slow the others or grow memory without bound (pa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import tornado.httputil
 import tornado.iostream
-from tornado.ioloop import IOLoop
 import tornado.websocket
+from tornado.ioloop import IOLoop
 
 from calo.access import SUBPROTOCOL, AccessPolicy, bearer_from_subprotocols
 from calo.errors import ApiError, JsonErrors
 from calo.params import query_argument, whole_number
-from calo.service import JobService
-from calo.store import Event
+
+if TYPE_CHECKING:
+    from calo.service import JobService
+    from calo.store import Event
 
 log = logging.getLogger("calo.live")
 
@@ -218,6 +221,7 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
     async def _replay(self) -> None:
         while self.ws_connection is not None:
             events = self.service.events_after(self.cursor, REPLAY_CHUNK)
+            sent = None
             if events:
                 sent = self._send(encode_events([encode_event(e) for e in events]))
                 self.cursor = events[-1].seq
@@ -245,7 +249,7 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
         self._send(text)
         return count
 
-    def _send(self, text: str) -> Any:
+    def _send(self, text: str) -> asyncio.Future[None] | None:
         """Queue a message; cut the client off if it has stopped reading."""
         if self.buffered_bytes + len(text) > self.hub.max_buffered_bytes:
             log.warning("closing a WebSocket client that stopped reading (%d bytes unsent)", self.buffered_bytes)
@@ -261,7 +265,7 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
         sent.add_done_callback(lambda future: self._sent(len(text), future))
         return sent
 
-    def _sent(self, size: int, future: Any) -> None:
+    def _sent(self, size: int, future: asyncio.Future[None]) -> None:
         self.buffered_bytes -= size
         if not future.cancelled():
             future.exception()  # a closed stream is handled by on_close; mark it seen

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from calo.jobs import iso_utc
+from calo.clock import iso_utc
 
 
 def _quote(value: str) -> str:

@@ -24,21 +24,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from tornado.ioloop import IOLoop
 
-from calo.export import JsonExporter
 from calo.health import Health, OpsHandler
 from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES
-from calo.live import Hub
-from calo.scheduler import Scheduler
-from calo.store import Event, Reader
-from calo.throttle import UpstreamGate
 from calo.unsplash import Fetched, UpstreamError
-from calo.upkeep import Upkeep
+
+if TYPE_CHECKING:
+    from calo.export import JsonExporter
+    from calo.live import Hub
+    from calo.scheduler import Scheduler
+    from calo.store import Event, Reader
+    from calo.throttle import UpstreamGate
+    from calo.unsplash import PhotoSource
+    from calo.upkeep import Upkeep
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -90,7 +93,7 @@ class MeteredSource:
     """A photo source that counts its fetches' outcomes and how many are running.
     `fetch` runs on the worker pool, like the source it wraps."""
 
-    def __init__(self, source: Any, requests: Counter):
+    def __init__(self, source: PhotoSource, requests: Counter):
         self._source = source
         self._requests = requests
         self._lock = threading.Lock()

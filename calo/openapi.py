@@ -10,14 +10,16 @@ Must never: describe behaviour the handlers do not have.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from calo import __version__
-from calo.access import AccessPolicy
 from calo.errors import JSON_TYPE, JsonErrors
 from calo.jobs import STATUSES
+
+if TYPE_CHECKING:
+    from calo.access import AccessPolicy
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +58,7 @@ ERROR_DETAIL = {
     "additionalProperties": False,
 }
 
-SCHEMAS = {
+SCHEMAS: dict[str, dict[str, Any]] = {
     "Job": {
         "type": "object",
         "required": ["id", "status", "result", "created_at", "due_at", "resolved_at",
@@ -152,7 +154,7 @@ MAX_INT64 = (1 << 63) - 1
 JOB_ID = {"name": "id", "in": "path", "required": True, "schema": STRING}
 LOCATION = {"Location": {"schema": STRING, "description": "/jobs/{id}"}}
 
-PATHS = {
+PATHS: dict[str, dict[str, dict[str, Any]]] = {
     "/jobs": {
         "get": {
             "summary": "List jobs, newest first",
@@ -262,7 +264,7 @@ DOCUMENT: dict[str, Any] = {
                                        "--private, for everything"}},
     },
 }
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def document(access: AccessPolicy) -> dict[str, Any]:
@@ -273,13 +275,13 @@ def document(access: AccessPolicy) -> dict[str, Any]:
     for path, operations in PATHS.items():
         paths[path] = {}
         for method, operation in operations.items():
-            operation = dict(operation)
+            stated: dict[str, Any] = dict(operation)
             if access.needs_token(method.upper()):
-                operation["security"] = BEARER
+                stated["security"] = BEARER
             else:
-                operation["responses"] = {code: answer for code, answer in operation["responses"].items()
-                                          if code != "401"}
-            paths[path][method] = operation
+                responses: dict[str, Any] = stated["responses"]
+                stated["responses"] = {code: answer for code, answer in responses.items() if code != "401"}
+            paths[path][method] = stated
     return {**DOCUMENT, "paths": paths}
 
 

@@ -15,10 +15,12 @@ Must never: let a value through that SQLite or `int()` could choke on.
 from __future__ import annotations
 
 import re
-
-import tornado.web
+from typing import TYPE_CHECKING
 
 from calo.errors import ApiError
+
+if TYPE_CHECKING:
+    import tornado.web
 
 MAX_INT64 = (1 << 63) - 1
 ASCII_DIGITS = re.compile(r"[0-9]{1,19}")  # 19 digits: the most a 64-bit value has

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 import tornado.httputil
 import tornado.web
 
-from calo.jobs import random_token
+from calo.tokens import random_token
 
 log = logging.getLogger("calo.access")
 
@@ -39,12 +40,12 @@ QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def request_id(request: tornado.httputil.HTTPServerRequest) -> str:
-    """The request's id, made on first use and kept on the request."""
-    given = getattr(request, "calo_request_id", None)
-    if given is None:
-        header = request.headers.get(HEADER, "")
-        given = header if GIVEN_ID.fullmatch(header) else random_token()
-        request.calo_request_id = given  # type: ignore[attr-defined]
+    """The request's id: its `X-Request-Id` header when that is a short plain token, else
+    a new random one, which replaces the header so that every later call finds it."""
+    given = request.headers.get(HEADER, "")
+    if not GIVEN_ID.fullmatch(given):
+        given = random_token()
+        request.headers[HEADER] = given
     return given
 
 
@@ -56,12 +57,14 @@ class RequestIdTransform(tornado.web.OutputTransform):
         super().__init__(request)
         self._id = request_id(request)
 
-    def transform_first_chunk(self, status_code, headers, chunk, finishing):  # type: ignore[override]
+    def transform_first_chunk(
+        self, status_code: int, headers: tornado.httputil.HTTPHeaders, chunk: bytes, finishing: bool
+    ) -> tuple[int, tornado.httputil.HTTPHeaders, bytes]:
         headers[HEADER] = self._id
         return status_code, headers, chunk
 
 
-def access_logger(log_successes: bool):
+def access_logger(log_successes: bool) -> Callable[[tornado.web.RequestHandler], None]:
     """Tornado's `log_function`: one line per finished request. Errors are always
     logged; successes at info level only with `--access-log` (else at debug level:
     the line costs about a sixth of a small request's CPU time)."""

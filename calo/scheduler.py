@@ -26,14 +26,17 @@ import functools
 import heapq
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
-from calo.jobs import PENDING, Outcome, iso_utc, now_ms
-from calo.store import NotStored, StoreError, Writer
-from calo.throttle import UpstreamGate
-from calo.unsplash import RateLimited, TransientError, UpstreamError
+from calo.clock import iso_utc, now_ms
+from calo.jobs import PENDING, Outcome
+from calo.store import NotStored, StoreError, WriteRequests
+from calo.unsplash import PhotoSource, RateLimited, TransientError, UpstreamError
+
+if TYPE_CHECKING:
+    from calo.throttle import UpstreamGate
 
 log = logging.getLogger("calo.scheduler")
 
@@ -46,8 +49,8 @@ class Scheduler:
     def __init__(
         self,
         *,
-        source: Any,
-        writer: Writer,
+        source: PhotoSource,
+        writer: WriteRequests,
         pool: concurrent.futures.Executor,
         gate: UpstreamGate,
         batch: int,
@@ -127,8 +130,13 @@ class Scheduler:
         self._stopping = True
         self._cancel_timer()
         if self._in_flight:
-            done = self._loop.asyncio_loop.create_future()
-            self._idle.append(lambda: done.done() or done.set_result(None))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def notify() -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            self._idle.append(notify)
             try:
                 await asyncio.wait_for(done, grace_seconds)
             except TimeoutError:
@@ -251,7 +259,9 @@ class Scheduler:
         future = self._writer.apply_outcomes([outcome for outcome, _ in settled])
         self._loop.add_future(future, functools.partial(self._settled, settled))
 
-    def _settled(self, settled: list[tuple[Outcome, int]], future: asyncio.Future) -> None:
+    def _settled(
+        self, settled: list[tuple[Outcome, int]], future: asyncio.Future[list[str | NotStored | None]]
+    ) -> None:
         self._settling -= len(settled)
         try:
             statuses = future.result()
@@ -295,6 +305,6 @@ class Scheduler:
         self._settle(final)
 
 
-def _log_write_failure(future: asyncio.Future) -> None:
+def _log_write_failure(future: asyncio.Future[list[str | NotStored | None]]) -> None:
     if future.exception() is not None:
         log.error("could not record a job's waiting state: %s", future.exception())

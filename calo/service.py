@@ -12,13 +12,16 @@ Must never: format HTTP responses or know about request handlers.
 
 from __future__ import annotations
 
-import random
-
 import json
+import random
+from typing import TYPE_CHECKING
 
-from calo.jobs import PENDING, Job, draw_delay, iso_utc, now_ms
-from calo.scheduler import Scheduler
+from calo.clock import iso_utc, now_ms
+from calo.jobs import PENDING, Job, draw_delay
 from calo.store import CreateResult, Event, NotCancellable, NotRetryable, Reader, StoreError, WriteRequests, WrongStatus
+
+if TYPE_CHECKING:
+    from calo.scheduler import Scheduler
 
 __all__ = ["JobService", "NotCancellable", "NotRetryable", "Overloaded", "Resolving", "StoreError", "WrongStatus"]
 

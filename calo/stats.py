@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
-from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES, iso_utc, now_ms
+from calo.clock import iso_utc, now_ms
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES
 
 if TYPE_CHECKING:
     from calo.health import Health

@@ -28,7 +28,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import fcntl
-import functools
 import json
 import os
 import queue
@@ -37,9 +36,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from calo.jobs import (
-    CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome, iso_utc, now_ms,
-)
+from calo.clock import iso_utc, now_ms
+from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDING, RESOLVED, RETRIED, Job, Outcome
 
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
@@ -116,7 +114,7 @@ class WrongStatus(Exception):
         super().__init__(f"job is {status}, not {self.needed}")
         self.status = status
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[WrongStatus], tuple[str]]:
         return type(self), (self.status,)  # it crosses the pipe from the writer process
 
 
@@ -161,7 +159,8 @@ def _connect(path: str, *, readonly: bool) -> sqlite3.Connection:
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA user_version").fetchone()[0]
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
 
 
 def _check_not_newer(version: int) -> None:
@@ -232,7 +231,7 @@ class Database:
         _prepare_data_dir(data_dir)
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, DB_FILE)
-        self._lock_fd = _lock_data_dir(data_dir)
+        self._lock_fd: int | None = _lock_data_dir(data_dir)
         try:
             _create_or_upgrade(self.path)
         except sqlite3.DatabaseError as exc:
@@ -270,9 +269,6 @@ class Database:
         """A new Reader, to be used only on the calling thread."""
         return Reader(self.path)
 
-    def writer(self, on_commit: Callable[[list[Event]], None]) -> Writer:
-        return Writer(self.path, on_commit)
-
     def close(self) -> None:
         """Release the data-dir lock (close readers and stop the writer first)."""
         if self._lock_fd is not None:
@@ -292,15 +288,20 @@ class Reader:
     def job(self, job_id: str) -> str | None:
         """The job's JSON document, or None."""
         row = self._conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row[0] if row else None
+        doc: str | None = row[0] if row else None
+        return doc
 
     def job_by_idempotency_key(self, key: str) -> tuple[str, str] | None:
         """(id, document) of the job created with this key, if any."""
-        return self._conn.execute("SELECT id, doc FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        row: tuple[str, str] | None = self._conn.execute(
+            "SELECT id, doc FROM jobs WHERE idempotency_key = ?", (key,)
+        ).fetchone()
+        return row
 
     def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
         """Up to `limit` (num, doc) pairs, newest first, with num < `before` if given."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if status is not None:
             where.append("status = ?")
             params.append(status)
@@ -309,12 +310,14 @@ class Reader:
             params.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT num, doc FROM jobs {clause} ORDER BY num DESC LIMIT ?"
-        return self._conn.execute(sql, (*params, limit)).fetchall()
+        rows: list[tuple[int, str]] = self._conn.execute(sql, (*params, limit)).fetchall()
+        return rows
 
     def pending_due(self) -> list[tuple[int, str]]:
         """(due_at, id) of every pending job, earliest first."""
         sql = "SELECT due_at, id FROM jobs WHERE status = ? ORDER BY due_at"
-        return self._conn.execute(sql, (PENDING,)).fetchall()
+        rows: list[tuple[int, str]] = self._conn.execute(sql, (PENDING,)).fetchall()
+        return rows
 
     def count_by_status(self) -> dict[str, int]:
         """Jobs per status; three rows kept by triggers, not a count of the table."""
@@ -326,15 +329,19 @@ class Reader:
         partial index is named because the planner would otherwise scan by status."""
         sql = ("SELECT id, due_at FROM jobs INDEXED BY jobs_pending_by_due"
                " WHERE status = 'pending' ORDER BY due_at LIMIT 1")
-        return self._conn.execute(sql).fetchone()
+        row: tuple[str, int] | None = self._conn.execute(sql).fetchone()
+        return row
 
     def latest_seq(self) -> int:
         """The highest event seq ever assigned (0 if none), even if since pruned."""
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return row[0] if row else 0
+        seq: int = row[0] if row else 0
+        return seq
 
     def oldest_seq(self) -> int | None:
-        return self._conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+        """The lowest event seq still kept, or None when no event is."""
+        seq: int | None = self._conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+        return seq
 
     def events_after(self, seq: int, limit: int) -> list[Event]:
         sql = "SELECT seq, type, job_id, job FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -392,16 +399,16 @@ class Reader:
 WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
 
 
-AnyFuture = asyncio.Future | concurrent.futures.Future
-
-
 @dataclasses.dataclass
 class _Op:
     fn: WriteFn
-    future: concurrent.futures.Future
+    future: concurrent.futures.Future[Any]
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
     new_job: Job | None = None  # a create without a key: the group inserts these together
     tag: object = None  # what `_hand_over` calls it (the writer process's request number)
+
+
+Completion = tuple[_Op, Any, BaseException | None]  # an operation, its result, its error
 
 
 def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job, job_json: str) -> None:
@@ -409,8 +416,17 @@ def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job:
         "INSERT INTO events (type, job_id, created_at, job) VALUES (?, ?, ?, ?)",
         (kind, job.id, now_ms(), job_json),
     )
-    lateness = job.resolved_at - job.due_at if kind == EVENT_FOR_STATUS[RESOLVED] else None
-    events.append(Event(cursor.lastrowid, kind, job.id, job_json, lateness))
+    lateness = None
+    if kind == EVENT_FOR_STATUS[RESOLVED] and job.resolved_at is not None:
+        lateness = job.resolved_at - job.due_at
+    events.append(Event(_inserted_rowid(cursor), kind, job.id, job_json, lateness))
+
+
+def _inserted_rowid(cursor: sqlite3.Cursor) -> int:
+    """The rowid an INSERT just assigned (sqlite3 gives None only after other statements)."""
+    if cursor.lastrowid is None:
+        raise StoreError("an INSERT reported no rowid")
+    return cursor.lastrowid
 
 
 def _create_job(job: Job, idempotency_key: str | None) -> WriteFn:
@@ -451,7 +467,7 @@ def _insert_new_jobs(conn: sqlite3.Connection, events: list[Event], jobs: list[J
     rows = json.dumps([[job.id, job.status, job.due_at, new.job_json] for job, new in zip(jobs, created, strict=True)])
     conn.execute(_INSERT_NEW_JOBS, (rows,))
     # One statement under the write lock: the events' seqs are consecutive, ending at lastrowid.
-    last_seq = conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)).lastrowid
+    last_seq = _inserted_rowid(conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)))
     first_seq = last_seq - len(created) + 1
     events.extend(Event(first_seq + n, CREATED, new.job_id, new.job_json) for n, new in enumerate(created))
     return created
@@ -596,7 +612,8 @@ def _delete_settled_jobs(cutoff_ms: int, after_num: int, limit: int) -> WriteFn:
             "SELECT num, status, json_extract(doc, '$.created_at'), json_extract(doc, '$.resolved_at')"
             " FROM jobs WHERE num > ? ORDER BY num LIMIT ?", (after_num, limit),
         ).fetchall()
-        doomed, last_num = [], after_num
+        doomed: list[int] = []
+        last_num = after_num
         for num, status, created_at, resolved_at in rows:
             if created_at >= cutoff:
                 return DeletedBatch(_delete_nums(conn, doomed), last_num, done=True)
@@ -619,15 +636,13 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
     busy=1 means a reader held an old snapshot; the next checkpoint finishes the job."""
     conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_MS}")
     try:
-        return tuple(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+        busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy, frames, copied
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
-_STOP = object()
-
-
-def _set_results(completions: list[tuple[_Op, Any, BaseException | None]]) -> None:
+def _set_results(completions: list[Completion]) -> None:
     for op, result, error in completions:
         if error is None:
             op.future.set_result(result)
@@ -640,54 +655,52 @@ class _OperationFailed(Exception):
 
 
 class WriteRequests:
-    """The writes the rest of Calo Jobs may ask for, each answered by a future. Every
-    method returns at once; `_request` (the writer thread's queue, or the pipe to the
-    writer process) decides which thread it may be called on."""
+    """The writes the rest of Calo Jobs may ask for, each answered by an asyncio future on
+    the caller's loop. Every method returns at once. Implemented by the server's side of
+    the writer process (`calo.writer_process.WriterProcess`), whose `_request` carries
+    the operation's name and arguments to the store's `Writer` in the child."""
 
-    def _request(self, name: str, args: tuple) -> AnyFuture:
+    def _request(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         raise NotImplementedError
 
-    def create_job(self, job: Job, idempotency_key: str | None = None) -> AnyFuture:
+    def create_job(self, job: Job, idempotency_key: str | None = None) -> asyncio.Future[CreateResult]:
         """Future of a CreateResult."""
         return self._request("create_job", (job, idempotency_key))
 
-    def apply_outcomes(self, outcomes: list[Outcome]) -> AnyFuture:
+    def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]:
         """Future of each job's new status (None where it was not pending, `NotStored`
         where that outcome's data could not be written), in order: one operation (and
         one wake-up of the caller) for a whole batch of photos, each outcome isolated."""
         return self._request("apply_outcomes", (outcomes,))
 
-    def apply_outcome(self, outcome: Outcome) -> AnyFuture:
-        """Future of the job's new status, or None if it was not pending."""
-        return self._request("apply_outcome", (outcome,))
-
-    def retry_job(self, job_id: str, at: int) -> AnyFuture:
+    def retry_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
         """Future of the job's new document (pending, due at `at`), None if there is no
         such job; raises NotRetryable unless it is failed."""
         return self._request("retry_job", (job_id, at))
 
-    def cancel_job(self, job_id: str, at: int) -> AnyFuture:
+    def cancel_job(self, job_id: str, at: int) -> asyncio.Future[str | None]:
         """Future of the job's new document (cancelled at `at`), None if there is no such
         job; raises NotCancellable unless it is pending."""
         return self._request("cancel_job", (job_id, at))
 
-    def retry_failed(self, after_num: int, limit: int, at: int) -> AnyFuture:
+    def retry_failed(self, after_num: int, limit: int, at: int) -> asyncio.Future[RetriedBatch]:
         """Future of a RetriedBatch: up to `limit` failed jobs after `after_num` made
         pending again, due at `at`, each with its `job.retried` event."""
         return self._request("retry_failed", (after_num, limit, at))
 
-    def prune_events(self, older_than_ms: int) -> AnyFuture:
+    def prune_events(self, older_than_ms: int) -> asyncio.Future[int]:
+        """Future of how many events created before `older_than_ms` were deleted."""
         return self._request("prune_events", (older_than_ms,))
 
-    def ping(self) -> AnyFuture:
+    def ping(self) -> asyncio.Future[None]:
         """Future of None once an empty write transaction has committed (health check)."""
         return self._request("ping", ())
 
-    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> AnyFuture:
+    def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> asyncio.Future[DeletedBatch]:
         """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
         return self._request("delete_settled_jobs", (cutoff_ms, after_num, limit))
 
-    def checkpoint(self) -> AnyFuture:
+    def checkpoint(self) -> asyncio.Future[tuple[int, int, int]]:
         """Future of (busy, wal frames, frames copied) of a TRUNCATE WAL checkpoint, run
         on the writer thread outside any transaction (SQLite refuses one inside)."""
         return self._request("checkpoint", ())
@@ -698,7 +711,6 @@ class WriteRequests:
 _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
     "create_job": lambda job, key: (_create_job(job, key), False, job if key is None else None),
     "apply_outcomes": lambda outcomes: (_apply_outcomes(outcomes), False, None),
-    "apply_outcome": lambda outcome: (functools.partial(_apply_one_outcome, outcome=outcome), False, None),
     "retry_job": lambda job_id, at: (_retry_job(job_id, at), False, None),
     "cancel_job": lambda job_id, at: (_cancel_job(job_id, at), False, None),
     "retry_failed": lambda *args: (_retry_failed(*args), False, None),
@@ -709,16 +721,17 @@ _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
 }
 
 
-class Writer(WriteRequests):
-    """The one write connection, on its own thread, committing in groups."""
+class Writer:
+    """The one write connection, on its own thread, committing in groups. It runs in the
+    writer process (calo/writer_process.py), which submits the server's requests to it."""
 
     def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
         """`on_commit(events)` is called on the writer thread after each commit that
         appended events, once that commit's futures are completed."""
         self._path = path
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._ready = concurrent.futures.Future()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()  # None: stop
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
 
     def start(self) -> None:
@@ -728,13 +741,14 @@ class Writer(WriteRequests):
     def stop(self) -> None:
         """Commit what was submitted, then close. Safe to call from any thread."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._queue.put(None)
             self._thread.join()
 
-    def _request(self, name: str, args: tuple, tag: object = None) -> AnyFuture:
-        """Queue the operation `name` (see `_OPERATIONS`). `tag` names it in `_hand_over`."""
+    def submit(self, name: str, args: tuple[Any, ...], tag: object = None) -> concurrent.futures.Future[Any]:
+        """Queue the operation `name` (see `_OPERATIONS`); any thread. `tag` names it in
+        `_hand_over`."""
         fn, bare, new_job = _OPERATIONS[name](*args)
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put(_Op(fn, future, bare, new_job, tag))
         return future
 
@@ -754,15 +768,14 @@ class Writer(WriteRequests):
 
     def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
         """Commit the next group of operations; False once asked to stop."""
-        group, stopping = [self._queue.get()], False
-        while len(group) < MAX_GROUP:
+        queued = [self._queue.get()]
+        while len(queued) < MAX_GROUP:
             try:
-                group.append(self._queue.get_nowait())
+                queued.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        if _STOP in group:
-            stopping = True
-            group = [op for op in group if op is not _STOP]
+        stopping = None in queued
+        group = [op for op in queued if op is not None]
         # An operation whose caller cancelled it is skipped; the rest can no longer be
         # cancelled, so setting their results cannot fail and kill this thread.
         group = [op for op in group if op.future.set_running_or_notify_cancel()]
@@ -780,7 +793,7 @@ class Writer(WriteRequests):
         except sqlite3.Error as exc:
             self._hand_over([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))], [])
 
-    def _hand_over(self, completions: list[tuple[_Op, Any, BaseException | None]], events: list[Event]) -> None:
+    def _hand_over(self, completions: list[Completion], events: list[Event]) -> None:
         """Writer thread, after a commit: complete its futures, then report its events."""
         _set_results(completions)
         if events:
@@ -802,20 +815,22 @@ class Writer(WriteRequests):
             return
         self._hand_over(outcomes, events)
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Op], isolated: bool) -> tuple[list, list[Event]]:
+    def _run_group(
+        self, conn: sqlite3.Connection, group: list[_Op], isolated: bool
+    ) -> tuple[list[Completion], list[Event]]:
         """Plainly, the group's new jobs are inserted together first, then the other
         operations run one by one; isolated, every operation runs alone in a savepoint."""
         events: list[Event] = []
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        outcomes: list[Completion] = []
         conn.execute("BEGIN IMMEDIATE")
         if isolated:
             outcomes = [self._run_in_savepoint(conn, op, events) for op in group]
         else:
             try:
-                creates = [op for op in group if op.new_job is not None]
+                creates = [(op, op.new_job) for op in group if op.new_job is not None]
                 if creates:
-                    results = _insert_new_jobs(conn, events, [op.new_job for op in creates])
-                    outcomes.extend((op, result, None) for op, result in zip(creates, results, strict=True))
+                    results = _insert_new_jobs(conn, events, [job for _, job in creates])
+                    outcomes.extend((op, result, None) for (op, _), result in zip(creates, results, strict=True))
                 outcomes.extend((op, op.fn(conn, events), None) for op in group if op.new_job is None)
             except Exception:  # run again, isolated, by _commit
                 conn.execute("ROLLBACK")
@@ -824,7 +839,7 @@ class Writer(WriteRequests):
         return outcomes, events
 
     @staticmethod
-    def _run_in_savepoint(conn, op: _Op, events: list[Event]) -> tuple[_Op, Any, BaseException | None]:
+    def _run_in_savepoint(conn: sqlite3.Connection, op: _Op, events: list[Event]) -> Completion:
         """Run one operation so that its failure undoes only its own writes."""
         own_events: list[Event] = []
         conn.execute("SAVEPOINT op")

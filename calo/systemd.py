@@ -70,7 +70,7 @@ class Notifier:
 
     def send(self, *assignments: str) -> bool:
         """Send one message of `NAME=value` lines; False if it could not be sent."""
-        if self._socket is None:
+        if self._socket is None or self._address is None:
             return False
         try:
             self._socket.sendto("\n".join(assignments).encode(), self._address)

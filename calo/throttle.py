@@ -16,15 +16,24 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Literal, NotRequired, TypedDict
 
-from calo.jobs import iso_utc
+from calo.clock import iso_utc
 
 log = logging.getLogger("calo.upstream")
 
 BACKOFF_BASE_MS = 500
 BACKOFF_CAP_MS = 60_000
 RATE_LIMIT_PAUSE_MS = 3_600_000  # Unsplash's budget is per hour, and its reset time is not sent
+
+
+class UpstreamState(TypedDict):
+    """What `UpstreamGate.state` says; times are ms since the epoch."""
+
+    state: Literal["ok", "failing", "rate_limited"]
+    since: NotRequired[int | None]  # ok: when calls last started working (0: always); failing: since when
+    until: NotRequired[int]  # rate_limited: no call before this
+    failures: NotRequired[int]  # failing: consecutive failed calls
 
 
 class UpstreamGate:
@@ -50,7 +59,7 @@ class UpstreamGate:
     def is_rate_limited(self, now: int) -> bool:
         return now < self.rate_limited_until
 
-    def state(self, now: int) -> dict[str, Any]:
+    def state(self, now: int) -> UpstreamState:
         """Read-only: "rate_limited" (with `until`), "failing" (with `since`), or "ok"
         (with `since`: when calls last started working again, 0 if they never stopped)."""
         if self.is_rate_limited(now):

@@ -19,7 +19,7 @@ import json
 import os
 import random
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -68,6 +68,21 @@ class Fetched:
     images: list[dict[str, Any]]
     rate_limit: int | None = None  # X-Ratelimit-Limit of the answer, when sent
     rate_remaining: int | None = None  # X-Ratelimit-Remaining
+
+
+class PhotoSource(Protocol):
+    """Where photos come from: `UnsplashSource`, `DemoSource`, or a wrapper of one
+    (`calo.metrics.MeteredSource`)."""
+
+    name: str  # "unsplash" or "demo"
+
+    def describe(self) -> str:
+        """One line for the operator: which source, and where."""
+        ...
+
+    def fetch(self, count: int) -> Fetched:
+        """Up to `count` photos; raises UpstreamError. Blocks: worker pool only."""
+        ...
 
 
 def image_from_photo(photo: Any) -> dict[str, Any] | None:
@@ -130,9 +145,10 @@ class UnsplashSource:
         return f"unsplash ({self._endpoint.rsplit('/photos', 1)[0]})"
 
     def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def fetch(self, count: int) -> Fetched:
         """Up to `count` photos in one request (`count` is sent only when above 1)."""

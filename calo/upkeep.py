@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from tornado.ioloop import PeriodicCallback
 
-from calo.jobs import now_ms
-from calo.store import Writer
+from calo.clock import now_ms
+
+if TYPE_CHECKING:
+    from calo.store import WriteRequests
 
 log = logging.getLogger("calo.upkeep")
 
@@ -77,7 +80,7 @@ class Upkeep:
 
     def __init__(
         self,
-        writer: Writer,
+        writer: WriteRequests,
         event_retention_seconds: float,
         *,
         retain_days: float | None = None,
@@ -128,7 +131,10 @@ class Upkeep:
     async def retain_jobs(self) -> int:
         """Delete resolved and failed jobs settled before the retention, batch by batch;
         returns how many."""
-        cutoff, after, deleted = now_ms() - self._retain_ms, 0, 0
+        if self._retain_ms is None:
+            return 0  # jobs are kept forever (no --retain-days)
+        retain_ms = self._retain_ms
+        cutoff, after, deleted = now_ms() - retain_ms, 0, 0
         for _ in range(RETAIN_MAX_BATCHES):
             if self._stopped:
                 break
@@ -137,6 +143,6 @@ class Upkeep:
             if batch.done:
                 break
         if deleted:
-            log.info("deleted %d resolved or failed jobs older than %g days", deleted, self._retain_ms / 86_400_000)
+            log.info("deleted %d resolved or failed jobs older than %g days", deleted, retain_ms / 86_400_000)
             self._on_jobs_deleted()
         return deleted

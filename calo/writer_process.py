@@ -46,7 +46,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from calo.store import Event, StoreError, Writer, WriteRequests, WrongStatus
+from calo.store import Completion, Event, StoreError, Writer, WriteRequests, WrongStatus
 
 STOP_TIMEOUT_SECONDS = 30  # a commit takes milliseconds; this only bounds a wedged disk
 PR_SET_PDEATHSIG = 1
@@ -54,7 +54,7 @@ PR_SET_NAME = 15
 
 
 class WriterProcess(WriteRequests):
-    """The parent's side: the same requests as `Writer`, answered by asyncio futures."""
+    """The parent's side: the store's `WriteRequests`, answered by asyncio futures."""
 
     def __init__(
         self,
@@ -69,17 +69,13 @@ class WriterProcess(WriteRequests):
         self._on_commit = on_commit
         self._on_death = on_death
         self._loop = loop
-        self._waiting: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._numbers = itertools.count()
         self._failure: str | None = None  # why writes fail, once the child is gone
         self._path = path
         self._requests_in, self._requests = multiprocessing.Pipe(duplex=False)
         self._results, self._results_out = multiprocessing.Pipe(duplex=False)
-        self._process: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the child and wait until its connection is open; raises StoreError.
@@ -122,7 +118,7 @@ class WriterProcess(WriteRequests):
             self._process.kill()
         self._close_pipes()
 
-    def _request(self, name: str, args: tuple) -> asyncio.Future:
+    def _request(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future = self._loop.create_future()
         if self._failure is not None:
             future.set_exception(StoreError(self._failure))
@@ -132,7 +128,7 @@ class WriterProcess(WriteRequests):
         self._send([(number, name, args)])
         return future
 
-    def _send(self, requests: list[tuple[int, str, tuple]] | None) -> None:
+    def _send(self, requests: list[tuple[int, str, tuple[Any, ...]]] | None) -> None:
         try:
             self._requests.send_bytes(_encode(requests))
         except OSError:  # a broken pipe: the child is gone
@@ -163,8 +159,8 @@ class WriterProcess(WriteRequests):
         return True
 
     def _child_died(self) -> None:
-        if self._failure is not None:
-            return  # both the pipe and the reader noticed
+        if self._failure is not None or self._process is None:
+            return  # both the pipe and the reader noticed (or it never started)
         self._loop.remove_reader(self._results.fileno())
         try:
             code = self._process.wait(1)
@@ -202,7 +198,7 @@ class _ChildWriter(Writer):
         super().__init__(path, on_commit=lambda events: None)
         self._results = results
 
-    def _hand_over(self, completions: list, events: list[Event]) -> None:
+    def _hand_over(self, completions: list[Completion], events: list[Event]) -> None:
         outcomes = [(op.tag, result, _portable(error)) for op, result, error in completions]
         try:
             self._results.send_bytes(_encode(("group", outcomes, events)))
@@ -237,7 +233,7 @@ def _child_main(path: str, requests: Connection, results: Connection, parent_pid
     try:
         while (batch := _decode(requests.recv_bytes())) is not None:
             for number, name, args in batch:
-                writer._request(name, args, tag=number)
+                writer.submit(name, args, tag=number)
     except EOFError:
         pass  # the parent closed the pipe without a stop request
     finally:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs Chromium (for the browser tests),
 # systemd (whose `systemd-analyze verify` checks deploy/calo.service) and the Python test
-# tools when missing, then runs pytest with any extra arguments you give.
+# tools when missing, runs the linters (ruff and mypy: scripts/lint.sh; any finding fails
+# the run), then runs pytest with any extra arguments you give.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -11,4 +12,5 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
 fi
 bash scripts/bootstrap.sh --test
+bash scripts/lint.sh
 exec .venv/bin/python -m pytest "$@"

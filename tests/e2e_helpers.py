@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, ViewportSize, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 # No sandbox: the tests run as root in a container. The rest keeps Chromium off the
@@ -34,7 +34,7 @@ MISSING_CHROMIUM = (
     f"{CHROMIUM} not found: the browser tests need Debian's chromium. "
     "Run `bash scripts/test.sh`, which installs it (apt-get install chromium)."
 )
-DESKTOP = {"width": 1280, "height": 900}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 WAIT_MS = 15_000  # the longest any expectation waits for the page
 
 
@@ -66,8 +66,8 @@ def wait_until_loaded(page: Page, selector: str) -> None:
 def take_screenshot(path: str) -> None:
     """The dashboard at 1280x900 with resolved jobs (photos from the fake Unsplash) and
     two still pending. Starts its own fake Unsplash and servers in a temporary data dir."""
-    from tests.conftest import ServerProcess, poll, server_environ
     from tests.fake_unsplash import FakeUnsplash
+    from tests.helpers import ServerProcess, poll, server_environ
 
     with FakeUnsplash() as fake, tempfile.TemporaryDirectory() as data_dir:
         environ = server_environ(fake, data_dir)

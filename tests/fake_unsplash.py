@@ -80,7 +80,7 @@ class _Answer:
     status: int
     body: bytes
     content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | None] = field(default_factory=dict)  # None: left out
 
 
 def _random_token(length: int, alphabet: str = ID_ALPHABET) -> str:
@@ -222,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.body)))
         for name, value in answer.headers.items():
-            self.send_header(name, value)
+            if value is not None:
+                self.send_header(name, value)
         self.end_headers()
         self.wfile.write(answer.body)
 
@@ -364,7 +365,7 @@ class FakeUnsplash:
         calls, or `seconds`, or until cleared. For odd 403s, 429 with Retry-After and
         the like."""
         raw = body.encode() if isinstance(body, str) else body
-        answer = _Answer(status, raw, content_type, dict(headers or {}))  # type: ignore[arg-type]
+        answer = _Answer(status, raw, content_type, dict(headers or {}))
         self._set_fault(_Fault(status, _checked_times(times), answer=answer, until=_until(seconds)))
 
     def trickle(self, interval: float, stage: str = "body", times: int | None = None) -> None:
@@ -479,7 +480,6 @@ class FakeUnsplash:
         limit, remaining = self._budget_snapshot()
         answer.headers.setdefault("X-Ratelimit-Limit", str(limit))
         answer.headers.setdefault("X-Ratelimit-Remaining", str(remaining))
-        answer.headers = {name: value for name, value in answer.headers.items() if value is not None}
         return answer
 
     def _route(self, path: str, query: dict[str, str]) -> _Answer:

@@ -15,10 +15,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.websocket import websocket_connect
 
 from calo import api
-from tests.conftest import poll, wait_until
-from tests.test_api import assert_error, body, call, create
-from tests.test_live import collect_until, next_events
-from tests.test_openapi import job_schema
+from tests.helpers import (
+    assert_error,
+    body,
+    call,
+    collect_until,
+    create,
+    job_schema,
+    next_events,
+    poll,
+    wait_until,
+    writer_pid,
+)
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300", "--delay-step", "5")
 
@@ -93,13 +101,13 @@ async def test_cancel_while_the_photo_is_being_recorded_is_409_resolving(http_se
     """The writer process is stopped (SIGSTOP): the fetched photo's outcome waits in its
     pipe, so the job is still pending in the database but already being resolved."""
     job = body(await create(http_client, base_url))
-    os.kill(calo.writer.pid, signal.SIGSTOP)
+    os.kill(writer_pid(os.getpid()), signal.SIGSTOP)
     try:
         await wait_until(lambda: calo.scheduler.pending_count() == 1
                          and calo.scheduler.stats()["scheduled"] == calo.scheduler.stats()["ready"] == 0)
         assert_error(await post(http_client, base_url, f"/jobs/{job['id']}/cancel"), 409, "job_resolving")
     finally:
-        os.kill(calo.writer.pid, signal.SIGCONT)
+        os.kill(writer_pid(os.getpid()), signal.SIGCONT)
     await wait_until(lambda: calo.service.counts().get("resolved") == 1)
 
 
@@ -184,7 +192,9 @@ async def test_timeline_pages_with_after_and_link(http_server, http_client, base
     first = await call(http_client, base_url, f"/jobs/{job['id']}/events")
     [created] = body(first)
     assert created["type"] == "job.created"
-    next_url = re.fullmatch(r'<([^>]+)>; rel="next"', first.headers["Link"]).group(1)
+    link = re.fullmatch(r'<([^>]+)>; rel="next"', first.headers["Link"])
+    assert link is not None, first.headers["Link"]
+    next_url = link.group(1)
     second = await http_client.fetch(next_url)
     assert [event["type"] for event in body(second)] == ["job.cancelled"] and "Link" not in second.headers
     assert body(await call(http_client, base_url, f"/jobs/{job['id']}/events?after=999")) == []

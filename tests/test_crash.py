@@ -14,9 +14,7 @@ import time
 
 import requests
 
-from tests.conftest import poll
-from tests.test_live import raw_websocket_that_never_reads
-from tests.test_process import all_jobs, resolution_events, run_server
+from tests.helpers import all_jobs, poll, raw_websocket_that_never_reads, resolution_events, run_server
 
 
 def test_sigkill_during_2000_concurrent_posts_loses_no_acknowledged_job(server_process, data_dir):

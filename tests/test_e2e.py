@@ -18,7 +18,6 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from tests.conftest import ServerProcess, poll
 from tests.e2e_helpers import (
     DESKTOP,
     MISSING_CHROMIUM,
@@ -27,6 +26,7 @@ from tests.e2e_helpers import (
     launch_chromium,
     wait_until_loaded,
 )
+from tests.helpers import ServerProcess, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -296,7 +296,8 @@ def expect_detail(page: Page, job: dict) -> None:
     photo = detail.locator(f'img[src="{image["url"]}"]')  # the regular size, not the thumbnail
     expect(photo).to_be_visible()
     wait_until_loaded(page, "[data-testid=job-detail] img")
-    assert photo.bounding_box()["width"] > 400  # shown large (a list thumbnail is ~275 px)
+    box = photo.bounding_box()
+    assert box is not None and box["width"] > 400  # shown large (a list thumbnail is ~275 px)
 
     credit = page.get_by_test_id("photographer")
     name = image["photographer"]["name"]

@@ -3,24 +3,13 @@ Calo Jobs runs in-process; Unsplash is the fake over a real loopback socket."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from calo.jobs import parse_iso_utc
-from tests.conftest import ACCESS_KEY, wait_until
+from calo.clock import parse_iso_utc
+from tests.helpers import ACCESS_KEY, create_jobs, job, wait_until
 
 IMAGE_FIELDS = {"source", "url", "thumb_url", "width", "height", "color", "blur_hash", "alt",
                 "photographer", "unsplash_url"}
-
-
-async def create_jobs(calo, count):
-    results = [await calo.service.create_job(None) for _ in range(count)]
-    return [json.loads(result.job_json)["id"] for result in results]
-
-
-def job(calo, job_id):
-    return json.loads(calo.service.job_json(job_id))
 
 
 async def settled(calo, ids, timeout=10.0):

@@ -15,14 +15,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-try:
-    from tests.fake_unsplash import FakeUnsplash
-except ImportError:  # tests/ is not a package when pytest runs it in rootdir mode
-    from fake_unsplash import FakeUnsplash
+from tests.fake_unsplash import FakeUnsplash
 
 AUTH = {"Authorization": "Client-ID test-access-key"}
 TIMEOUT = 2.0
@@ -36,10 +34,9 @@ def fake() -> Iterator[FakeUnsplash]:
     assert leftover == []
 
 
-def get(fake: FakeUnsplash, path: str, **kwargs: object) -> requests.Response:
-    kwargs.setdefault("headers", AUTH)
-    kwargs.setdefault("timeout", TIMEOUT)
-    return requests.get(fake.url + path, **kwargs)  # type: ignore[arg-type]
+def get(fake: FakeUnsplash, path: str, headers: dict[str, str] | None = AUTH, timeout: float = TIMEOUT,
+        **kwargs: Any) -> requests.Response:
+    return requests.get(fake.url + path, headers=headers, timeout=timeout, **kwargs)
 
 
 def test_random_photo_has_documented_shape(fake: FakeUnsplash) -> None:

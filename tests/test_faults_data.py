@@ -9,28 +9,33 @@ over loopback, and the real store on real files.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
 
-from calo.jobs import Job, Outcome, now_ms
+from calo.clock import now_ms
+from calo.jobs import Job, Outcome
 from calo.sanitize import ALT_CAP, NAME_CAP
 from calo.scheduler import MAX_STORE_TRIES, NOT_STORABLE, Scheduler
 from calo.store import Database, NotStored
 from calo.throttle import UpstreamGate
 from calo.unsplash import Fetched
-from tests.conftest import ROOT, poll, wait_until
+from calo.writer_process import WriterProcess
+from tests.helpers import ROOT, WriterUnderTest, poll, wait_until
 
 SURROGATE = "\ud83d"  # the first half of 😀 (U+1F600), alone
 MEGABYTE = "x" * (1 << 20)
 
 # (photo override, what the stored image must show): several kinds in several fields.
-BAD_PHOTOS = [
+BAD_PHOTOS: list[tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
     ({"alt_description": "ramen " + SURROGATE}, lambda image: image["alt"] == "ramen \ufffd"),
     ({"user": {"name": SURROGATE + "Mira"}}, lambda image: image["photographer"]["name"] == "\ufffdMira"),
     ({"alt_description": "a\x00b\x07c\td\ne"}, lambda image: image["alt"] == "abc d e"),
@@ -103,12 +108,9 @@ def test_an_answer_with_bytes_that_are_not_utf8_still_gives_photos(server_proces
 # -- the store: one outcome it cannot write never sinks the others ----------------------
 
 @pytest.fixture
-def writer(tmp_path):
+def database(tmp_path):
     database = Database(str(tmp_path))
-    writer = database.writer(lambda events: None)
-    writer.start()
-    yield writer, database
-    writer.stop()
+    yield database
     database.close()
 
 
@@ -117,17 +119,17 @@ def writer(tmp_path):
     {"url": "http://x.test/" + SURROGATE},
     {"url": "http://x.test/a.jpg", "width": 2**70 + 0.5j},  # not JSON at all
 ])
-def test_one_unwritable_outcome_in_a_batch_leaves_the_rest_committed(writer, bad_image):
-    writer, database = writer
+def test_one_unwritable_outcome_in_a_batch_leaves_the_rest_committed(database, bad_image):
     jobs = [Job.new(1, now_ms()) for _ in range(5)]
-    for job in jobs:
-        writer.create_job(job).result(5)
     images = [{"url": f"http://x.test/{n}.jpg"} for n in range(5)]
     images[2] = bad_image
-    statuses = writer.apply_outcomes([Outcome(job.id, now_ms(), image=image)
-                                      for job, image in zip(jobs, images, strict=True)]).result(5)
+    with WriterUnderTest(database.path) as committed:
+        committed.run_all([committed.writer.create_job(job) for job in jobs])
+        statuses = committed.run(committed.writer.apply_outcomes([
+            Outcome(job.id, now_ms(), image=image) for job, image in zip(jobs, images, strict=True)]))
     assert [type(status) for status in statuses] == [str, str, NotStored, str, str]
-    assert statuses[0] == "resolved" and "Error" in statuses[2].reason
+    unwritable = statuses[2]
+    assert statuses[0] == "resolved" and isinstance(unwritable, NotStored) and "Error" in unwritable.reason
     reader = database.reader()
     assert reader.count_by_status() == {"resolved": 4, "pending": 1}
     assert json.loads(reader.job(jobs[2].id))["status"] == "pending"  # left as it was
@@ -144,15 +146,19 @@ class UnstorableSource:
         self.calls = 0
         self.healed = False
 
-    def fetch(self, count):
+    def describe(self) -> str:
+        return "photos the store cannot keep"
+
+    def fetch(self, count: int) -> Fetched:
         self.calls += 1
         url = "http://x.test/ok.jpg" if self.healed else "http://x.test/" + SURROGATE
         return Fetched([{"url": url}] * count)
 
 
 @pytest.mark.gen_test
-async def test_a_job_whose_outcome_the_store_keeps_refusing_fails_after_bounded_tries(writer, caplog):
-    writer, database = writer
+async def test_a_job_whose_outcome_the_store_keeps_refusing_fails_after_bounded_tries(database, caplog):
+    writer = WriterProcess(database.path, lambda events: None, asyncio.get_running_loop())
+    writer.start()
     source = UnstorableSource()
     pool = concurrent.futures.ThreadPoolExecutor(1)
     scheduler = Scheduler(source=source, writer=writer, pool=pool, gate=UpstreamGate(1), batch=1,
@@ -160,7 +166,7 @@ async def test_a_job_whose_outcome_the_store_keeps_refusing_fails_after_bounded_
     reader = database.reader()
     try:
         doomed = Job.new(0, now_ms())
-        writer.create_job(doomed).result(5)
+        await writer.create_job(doomed)
         scheduler.start([(doomed.due_at, doomed.id)])
         await wait_until(lambda: json.loads(reader.job(doomed.id))["status"] != "pending")
         failed = json.loads(reader.job(doomed.id))
@@ -169,12 +175,13 @@ async def test_a_job_whose_outcome_the_store_keeps_refusing_fails_after_bounded_
         assert sum("could not be stored" in record.getMessage() for record in caplog.records) == 1
         source.healed = True  # the next job is not held up by the first
         fine = Job.new(0, now_ms())
-        writer.create_job(fine).result(5)
+        await writer.create_job(fine)
         scheduler.add(fine.id, fine.due_at)
         await wait_until(lambda: json.loads(reader.job(fine.id))["status"] == "resolved")
     finally:
         await scheduler.stop(1)
         pool.shutdown()
+        writer.stop()
         reader.close()
 
 

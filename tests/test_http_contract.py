@@ -247,11 +247,11 @@ def test_the_loopback_names_and_a_configured_name_are_answered(server_process, t
     port = int(server.url.rsplit(":", 1)[1])
     assert exchange(port, b"GET", b"/jobs", host=b"Jobs.Example:443").status == 200
     assert exchange(port, b"GET", b"/jobs", host=b"127.0.0.1").status == 421
-    assert answered_hosts("127.0.0.1", ()) == {"localhost", "127.0.0.1", "[::1]"}
+    assert answered_hosts("127.0.0.1", ()) == frozenset({"localhost", "127.0.0.1", "[::1]"})
     assert answered_hosts("::1", ()) == answered_hosts("localhost", ()) == answered_hosts("127.0.0.1", ())
     assert answered_hosts("0.0.0.0", ()) is None and answered_hosts("10.1.2.3", ()) is None
     assert answered_hosts("0.0.0.0", ("*",)) is None
-    assert answered_hosts("127.0.0.1", ("a.example",)) == {"a.example"}
+    assert answered_hosts("127.0.0.1", ("a.example",)) == frozenset({"a.example"})
     default = server_process("--data-dir", str(tmp_path / "second"))
     port = int(default.url.rsplit(":", 1)[1])
     for host in (b"localhost", b"localhost:1234", b"127.0.0.1:99", b"[::1]:8888", b"LOCALHOST"):

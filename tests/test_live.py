@@ -4,40 +4,19 @@ Real WebSocket clients over loopback against Calo Jobs in-process (or a real pro
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 
 import pytest
 from tornado.websocket import websocket_connect
 
-from calo.jobs import now_ms
-from tests.conftest import poll, wait_until
+from calo.clock import now_ms
+from tests.helpers import collect_until, create_jobs, next_events, poll, raw_websocket_that_never_reads, wait_until
 
 
 async def connect(port, since=None):
     query = "" if since is None else f"?since={since}"
     return await websocket_connect(f"ws://127.0.0.1:{port}/ws{query}")
-
-
-async def next_events(ws, timeout=10.0):
-    """The next message as a list of messages (an array message is several events)."""
-    message = await asyncio.wait_for(ws.read_message(), timeout)
-    assert message is not None, "the server closed the connection"
-    parsed = json.loads(message)
-    return parsed if isinstance(parsed, list) else [parsed]
-
-
-async def collect_until(ws, last_seq, timeout=15.0):
-    events = []
-    while not events or events[-1]["seq"] < last_seq:
-        events += await next_events(ws, timeout)
-    return events
-
-
-async def create_jobs(calo, count):
-    return [json.loads((await calo.service.create_job(None)).job_json)["id"] for _ in range(count)]
 
 
 @pytest.mark.gen_test
@@ -99,9 +78,8 @@ async def test_reset_when_the_missed_events_were_pruned(http_server, http_port, 
     ws = await connect(http_port, since=1)
     assert await next_events(ws) == [{"type": "hello", "seq": 4}]
     assert await next_events(ws) == [{"type": "reset", "seq": 4}]
-    [job_id] = await create_jobs(calo, 1)
-    assert (await next_events(ws))[0] == {"type": "job.created", "seq": 5,
-                                          "job": json.loads(calo.service.job_json(job_id))}
+    created = await calo.service.create_job(None)  # the job as it was created (it resolves soon after)
+    assert (await next_events(ws))[0] == {"type": "job.created", "seq": 5, "job": json.loads(created.job_json)}
     ahead = await connect(http_port, since=99)  # a client from a database that is gone
     assert [m["type"] for m in (await next_events(ahead)) + (await next_events(ahead))] == ["hello", "reset"]
     ws.close()
@@ -123,17 +101,6 @@ async def test_a_bad_since_is_refused(http_server, http_port):
     with pytest.raises(Exception) as refused:
         await websocket_connect(f"ws://127.0.0.1:{http_port}/ws?since=abc")
     assert "400" in str(refused.value)
-
-
-def raw_websocket_that_never_reads(port):
-    """A real WebSocket handshake on a socket with a tiny receive buffer, then silence."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    assert b"101" in sock.recv(1024).split(b"\r\n")[0]
-    return sock
 
 
 @pytest.mark.gen_test(timeout=60)

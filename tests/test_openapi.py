@@ -13,28 +13,10 @@ import pytest
 
 from calo.access import AccessPolicy
 from calo.openapi import DOCUMENT, document
-from tests.conftest import poll
+from tests.helpers import job_schema, poll
 
 TOKEN = "schemathesis-token-1"
 SCHEMATHESIS = os.path.join(os.path.dirname(sys.executable), "schemathesis")
-
-
-def job_schema():
-    """The Job schema as plain JSON Schema (OpenAPI 3.0's `nullable` spelled out)."""
-
-    def convert(node):
-        if isinstance(node, dict):
-            node = {key: convert(value) for key, value in node.items()}
-            if node.pop("nullable", False):
-                node = {"anyOf": [node, {"type": "null"}]}
-            if "$ref" in node:
-                return convert(DOCUMENT["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]])
-            return node
-        if isinstance(node, list):
-            return [convert(item) for item in node]
-        return node
-
-    return convert(DOCUMENT["components"]["schemas"]["Job"])
 
 
 def test_the_served_document_is_the_one_in_the_code(server_process):

@@ -12,11 +12,11 @@ import sqlite3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from calo.jobs import Job, Outcome, now_ms
-from calo.store import MIGRATIONS, Database
-from tests.conftest import poll
+from calo.clock import now_ms
+from calo.jobs import Job, Outcome
+from calo.store import MIGRATIONS, Database, DeletedBatch
 from tests.fake_unsplash import FakeUnsplash
-from tests.test_live import create_jobs, raw_websocket_that_never_reads
+from tests.helpers import WriterUnderTest, all_jobs, create_jobs, poll, raw_websocket_that_never_reads
 
 
 def scrape(server) -> dict[tuple[str, frozenset], float]:
@@ -36,10 +36,6 @@ def value(samples, name, **labels):
 
 def access_lines(server, path):
     return [line for line in server.lines if "logger=calo.access" in line and f"path={path} " in line]
-
-
-def all_jobs(server):
-    return server.get("/jobs?limit=1000").json()
 
 
 def exported_jobs(data_dir):
@@ -185,20 +181,18 @@ async def test_a_wal_checkpoint_runs_on_the_writer_and_truncates_the_wal(http_se
 @pytest.fixture
 def writer(tmp_path):
     database = Database(str(tmp_path))
-    writer = database.writer(lambda events: None)
-    writer.start()
-    yield database, writer
-    writer.stop()
+    with WriterUnderTest(database.path) as writer:
+        yield database, writer
     database.close()
 
 
 def settled_job(writer, created_ago_ms, *, failed=False, pending=False):
     job = Job.new(1, now_ms() - created_ago_ms)
-    writer.create_job(job).result()
+    writer.run(writer.writer.create_job(job))
     if not pending:
         outcome = Outcome(job.id, job.due_at, error_code="x", final=True) if failed else Outcome(
             job.id, job.due_at, image={"url": "https://example.com/a.jpg"})
-        writer.apply_outcome(outcome).result()
+        writer.run(writer.writer.apply_outcomes([outcome]))
     return job.id
 
 
@@ -208,9 +202,10 @@ def test_retention_deletes_old_settled_jobs_in_bounded_batches_and_keeps_the_res
     old = [settled_job(writer, 3 * day, failed=n % 2 == 1) for n in range(5)]
     old_pending = settled_job(writer, 3 * day, pending=True)
     recent = settled_job(writer, day // 2)
-    cutoff, after, batches = now_ms() - day, 0, []
+    cutoff, after = now_ms() - day, 0
+    batches: list[DeletedBatch] = []
     while not batches or not batches[-1].done:
-        batches.append(writer.delete_settled_jobs(cutoff, after, 2).result())
+        batches.append(writer.run(writer.writer.delete_settled_jobs(cutoff, after, 2)))
         after = batches[-1].last_num
         assert len(batches) < 10
     assert sum(batch.deleted for batch in batches) == 5 and all(batch.deleted <= 2 for batch in batches)
@@ -234,18 +229,16 @@ def test_job_counts_match_the_table_after_an_upgrade_and_every_change(tmp_path):
                          (job.id, status, job.due_at, job.to_json()))
     conn.close()
     database = Database(str(tmp_path))
-    writer = database.writer(lambda events: None)
-    writer.start()
-    settled_job(writer, 0)
-    settled_job(writer, 0, failed=True)
-    settled_job(writer, 0, pending=True)
+    with WriterUnderTest(database.path) as writer:
+        settled_job(writer, 0)
+        settled_job(writer, 0, failed=True)
+        settled_job(writer, 0, pending=True)
     reader = database.reader()
     with sqlite3.connect(path) as conn:
         counted = dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
     conn.close()
     assert reader.count_by_status() == counted == {"pending": 2, "resolved": 3, "failed": 2}
     reader.close()
-    writer.stop()
     database.close()
 
 

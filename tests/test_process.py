@@ -2,44 +2,10 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
-import sqlite3
-import subprocess
-import sys
 
-import requests
-
-from tests.conftest import ROOT, poll
-
-
-def create_many(server, count, workers=16, key_prefix=None):
-    def create(number):
-        headers = {"Idempotency-Key": f"{key_prefix}-{number}"} if key_prefix else {}
-        response = server.post("/jobs", json={}, headers=headers)
-        assert response.status_code == 201, response.text
-        return response.json()["id"]
-
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(create, range(count)))
-
-
-def all_jobs(server, status=None):
-    jobs, url = [], server.url + "/jobs?limit=1000" + (f"&status={status}" if status else "")
-    for _ in range(100):
-        response = requests.get(url, timeout=10)
-        jobs += response.json()
-        url = response.links.get("next", {}).get("url")
-        if not url:
-            return jobs
-    raise AssertionError("too many pages")
-
-
-def resolution_events(data_dir):
-    with sqlite3.connect(os.path.join(data_dir, "calo.db")) as conn:
-        rows = conn.execute("SELECT job_id, COUNT(*) FROM events WHERE type = 'job.resolved' GROUP BY job_id")
-        return dict(rows.fetchall())
+from tests.helpers import ROOT, all_jobs, create_many, poll, resolution_events, run_server
 
 
 def test_200_concurrent_jobs_all_resolve_with_threads_bounded(server_process, data_dir):
@@ -114,20 +80,6 @@ def test_a_second_server_on_the_same_data_dir_is_refused(server_process, data_di
     result = run_server("--port", "0", env={"CALO_DATA_DIR": data_dir})
     assert result.returncode == 1
     assert "in use by another calo-server" in result.stderr and "Traceback" not in result.stderr
-
-
-def run_server(*flags, env=None, timeout=30):
-    """`python server.py FLAGS` run to its end; for runs that should stop by themselves."""
-    environ = {**os.environ, **(env or {})}
-    process = subprocess.Popen([sys.executable, "server.py", *flags], cwd=ROOT, env=environ,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"server.py {' '.join(flags)} did not stop:\n{stderr}") from None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def test_bad_settings_exit_nonzero_with_one_line_naming_the_setting(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from tests.conftest import wait_until
+from tests.helpers import create_jobs, event_matching, job, next_events, wait_until, writer_pid
 
 
 async def call(http_client, url, method="GET", body=None, headers=None):
@@ -25,14 +25,6 @@ async def call(http_client, url, method="GET", body=None, headers=None):
         return await http_client.fetch(request)
     except HTTPClientError as exc:
         return exc.response
-
-
-async def create_jobs(calo, count):
-    return [json.loads((await calo.service.create_job(None)).job_json)["id"] for _ in range(count)]
-
-
-def job(calo, job_id):
-    return json.loads(calo.service.job_json(job_id))
 
 
 def statuses(calo, ids):
@@ -140,13 +132,14 @@ async def test_retry_endpoint_contract(http_server, http_client, base_url, calo,
     if job(calo, failed_id)["status"] != "failed":
         failed_id, other_id = other_id, failed_id
     ws = await websocket_connect(f"ws://localhost:{base_url.rsplit(':', 1)[1]}/ws")
-    await ws.read_message()
+    assert (await next_events(ws))[0]["type"] == "hello"  # always the first message
     response = await call(http_client, f"{base_url}/jobs/{failed_id}/retry", "POST", "")
     retried = json.loads(response.body)
     assert response.code == 200 and retried["status"] == "pending" and retried["attempts"] == 0
     assert retried["error"] is None and retried["due_at"] >= retried["created_at"]
-    event = json.loads(await ws.read_message())
-    assert event["type"] == "job.retried" and event["job"]["id"] == failed_id
+    # The other job's events may come first, and several events may share a message.
+    event = await event_matching(ws, lambda event: event["type"] == "job.retried")
+    assert event["job"]["id"] == failed_id and event["job"]["status"] == "pending"
     await wait_until(lambda: job(calo, failed_id)["status"] == "resolved")
     for job_id, status in ((failed_id, 409), (other_id, 409), ("nope", 404)):
         answer = await call(http_client, f"{base_url}/jobs/{job_id}/retry", "POST", "")
@@ -174,10 +167,10 @@ async def test_past_max_pending_post_answers_503_with_retry_after(http_server, h
 async def test_when_the_writer_process_is_gone_writes_answer_503_and_readyz_says_why(
     http_server, http_client, base_url, calo
 ):
-    fatal = []
+    fatal: list[str] = []
     calo.on_fatal = fatal.append
     assert (await call(http_client, base_url + "/jobs", "POST", "")).code == 201
-    os.kill(calo.writer.pid, signal.SIGKILL)
+    os.kill(writer_pid(os.getpid()), signal.SIGKILL)
     await wait_until(lambda: fatal)  # the process is asked to stop (tests/test_crash.py)
     refused = await call(http_client, base_url + "/jobs", "POST", "")
     assert refused.code == 503 and int(refused.headers["Retry-After"]) > 0
@@ -193,7 +186,8 @@ async def test_bodies_over_64_kib_are_refused_with_413(http_server, http_client,
     answer = await call(http_client, base_url + "/jobs", "POST", big)
     assert answer.code == 413 and json.loads(answer.body)["error"]["code"] == "body_too_large"
     # No Content-Length: the limit holds for a chunked body too.
-    request = HTTPRequest(base_url + "/jobs", method="POST", body_producer=lambda write: _produce(write))
+    request = HTTPRequest(base_url + "/jobs", method="POST",
+                          body_producer=lambda write: asyncio.ensure_future(_produce(write)))
     chunked = await call(http_client, request)
     assert chunked.code == 413
     just_fits = '{"pad": "' + "x" * (64 * 1024 - 12) + '"}'
@@ -232,7 +226,7 @@ async def test_private_mode_guards_reads_and_the_websocket(http_server, http_cli
         await websocket_connect(ws_url)
     assert refused.value.code == 401
     ws = await websocket_connect(ws_url + "?access_token=s3cret-token")
-    assert json.loads(await ws.read_message())["type"] == "hello"
+    assert (await next_events(ws))[0]["type"] == "hello"
     ws.close()
 
 
@@ -251,7 +245,7 @@ async def test_allowed_origins_get_cors_and_the_websocket(http_server, http_clie
     assert not_found.code == 404 and not_found.headers["Access-Control-Allow-Origin"] == allowed["Origin"]
     ws_url = base_url.replace("http", "ws") + "/ws"
     ws = await websocket_connect(HTTPRequest(ws_url, headers=allowed))
-    assert json.loads(await ws.read_message())["type"] == "hello"
+    assert (await next_events(ws))[0]["type"] == "hello"
     ws.close()
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(HTTPRequest(ws_url, headers=other))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import pickle
 import sqlite3
-import threading
 
 import pytest
 
-from calo.jobs import Job, Outcome, now_ms
+from calo.clock import now_ms
+from calo.jobs import Job, Outcome
 from calo.store import DB_FILE, MIGRATIONS, Database, NotRetryable, StoreError
 from calo.writer_process import _portable
+from tests.helpers import WriterUnderTest
 
 
 @pytest.fixture
@@ -23,12 +24,9 @@ def database(tmp_path):
 
 @pytest.fixture
 def committed(database):
-    """A started writer and the list its commits are reported to."""
-    events = []
-    writer = database.writer(events.extend)
-    writer.start()
-    yield writer, events
-    writer.stop()
+    """The real write path, started: the writer process and the events of its commits."""
+    with WriterUnderTest(database.path) as writer:
+        yield writer
 
 
 def test_a_new_database_is_in_wal_mode_at_the_latest_schema(database):
@@ -55,67 +53,54 @@ def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path):
     assert path.read_bytes() == b"this is not sqlite" * 100
 
 
-def test_writes_from_many_threads_commit_in_groups_with_one_event_each(database, committed):
-    writer, events = committed
-    futures, lock = [], threading.Lock()
-
-    def submit():
-        for _ in range(100):
-            future = writer.create_job(Job.new(1, now_ms()))
-            with lock:
-                futures.append(future)
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(future.result(10).created for future in futures)
+def test_writes_made_at_once_commit_in_groups_with_one_event_each(database, committed):
+    futures = [committed.writer.create_job(Job.new(1, now_ms())) for _ in range(800)]
+    assert all(result.created for result in committed.run_all(futures))
     reader = database.reader()
     assert reader.count_by_status() == {"pending": 800}
     assert [event.seq for event in reader.events_after(0, 1000)] == list(range(1, 801))
+    assert [event.seq for event in committed.events] == list(range(1, 801))
     reader.close()
 
 
 def test_one_failing_write_does_not_undo_the_others_of_its_group(database, committed):
-    writer, events = committed
     twin = Job.new(1, now_ms())
-    futures = [writer.create_job(twin), writer.create_job(twin), writer.create_job(Job.new(1, now_ms()))]
-    assert futures[0].result(5).created
-    with pytest.raises(sqlite3.IntegrityError):
-        futures[1].result(5)
-    assert futures[2].result(5).created
+    writer = committed.writer
+    first, second, third = committed.run_all([
+        writer.create_job(twin), writer.create_job(twin), writer.create_job(Job.new(1, now_ms())),
+    ])
+    assert first.created and third.created
+    assert isinstance(second, StoreError) and "IntegrityError" in str(second)
     reader = database.reader()
     assert reader.count_by_status() == {"pending": 2}
-    assert reader.latest_seq() == 2 and len(events) == 2
+    assert reader.latest_seq() == 2 and len(committed.events) == 2
     reader.close()
 
 
 def test_an_outcome_applies_only_to_a_pending_job(database, committed):
-    writer, events = committed
+    writer = committed.writer
     job = Job.new(1, now_ms())
-    writer.create_job(job).result(5)
+    committed.run(writer.create_job(job))
     image = {"url": "http://example.test/a.jpg"}
-    assert writer.apply_outcome(Outcome(job.id, now_ms(), image=image)).result(5) == "resolved"
-    assert writer.apply_outcome(Outcome(job.id, now_ms(), image=image)).result(5) is None
-    assert writer.apply_outcome(Outcome("missing", now_ms(), image=image)).result(5) is None
-    assert [event.type for event in events] == ["job.created", "job.resolved"]
+    resolve = Outcome(job.id, now_ms(), image=image)
+    assert committed.run(writer.apply_outcomes([resolve, resolve])) == ["resolved", None]
+    assert committed.run(writer.apply_outcomes([Outcome("missing", now_ms(), image=image)])) == [None]
+    assert [event.type for event in committed.events] == ["job.created", "job.resolved"]
 
 
 def test_retries_keep_a_job_pending_until_max_attempts(database, committed):
-    writer, _ = committed
+    writer = committed.writer
     job = Job.new(1, now_ms())
-    writer.create_job(job).result(5)
+    committed.run(writer.create_job(job))
     retry = Outcome(job.id, now_ms(), error_code="upstream_unavailable", final=False, max_attempts=3)
-    assert [writer.apply_outcome(retry).result(5) for _ in range(3)] == ["pending", "pending", "failed"]
+    assert [committed.run(writer.apply_outcomes([retry])) for _ in range(3)] == [["pending"], ["pending"], ["failed"]]
 
 
 def test_pruned_event_seqs_are_never_reused(database, committed):
-    writer, _ = committed
-    for _ in range(3):
-        writer.create_job(Job.new(1, now_ms())).result(5)
-    assert writer.prune_events(now_ms() + 1).result(5) == 3
-    writer.create_job(Job.new(1, now_ms())).result(5)
+    writer = committed.writer
+    committed.run_all([writer.create_job(Job.new(1, now_ms())) for _ in range(3)])
+    assert committed.run(writer.prune_events(now_ms() + 1)) == 3
+    committed.run(writer.create_job(Job.new(1, now_ms())))
     reader = database.reader()
     assert reader.latest_seq() == 4 and reader.oldest_seq() == 4
     reader.close()
@@ -138,12 +123,12 @@ def test_errors_cross_from_the_writer_process_as_the_store_s_own():
 
 
 def test_creates_committed_together_get_their_own_events_in_order(committed, database):
-    writer, events = committed
-    writer.ping().result(5)
+    writer = committed.writer
+    committed.run(writer.ping())
     jobs = [Job.new(300, now_ms()) for _ in range(60)]
-    futures = [writer.create_job(job, "key-7" if n == 7 else None) for n, job in enumerate(jobs)]
-    assert [future.result(5).job_id for future in futures] == [job.id for job in jobs]
-    created = [event for event in events if event.type == "job.created"]
+    results = committed.run_all([writer.create_job(job, "key-7" if n == 7 else None) for n, job in enumerate(jobs)])
+    assert [result.job_id for result in results] == [job.id for job in jobs]
+    created = [event for event in committed.events if event.type == "job.created"]
     assert sorted(event.job_id for event in created) == sorted(job.id for job in jobs)
     with sqlite3.connect(database.path) as conn:
         stored = dict(conn.execute("SELECT seq, job_id FROM events"))

@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from calo.jobs import Job, now_ms
+from calo.clock import now_ms
+from calo.jobs import Job
 from calo.systemd import notify_address, watchdog_seconds
-from tests.conftest import ROOT, poll
+from tests.helpers import ROOT, poll
 
 WATCHDOG_USEC = "400000"  # systemd's WatchdogSec=0.4 s: the server pings every 0.2 s
 

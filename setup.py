@@ -47,6 +47,8 @@ setup(
             "mypy>=2.4,<2.5",
             "types-requests>=2.31",
             "types-jsonschema>=4.18",
+            "pyyaml>=6",  # reads deploy/prometheus/calo-alerts.yml in its test
+            "types-PyYAML>=6",
         ],
     },
     entry_points={"console_scripts": ["calo-server = calo.cli:main"]},

@@ -200,7 +200,7 @@ class Calo:
         )
         self.metrics.registry.register(LiveCollector(
             reader=self.reader, scheduler=self.scheduler, source=self.source, gate=self.gate,
-            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter,
+            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter, writer=self.writer,
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from calo.throttle import UpstreamGate
     from calo.unsplash import PhotoSource
     from calo.upkeep import Upkeep
+    from calo.writer_process import WriterProcess
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -154,10 +155,11 @@ class LiveCollector:
 
     def __init__(
         self, *, reader: Reader, scheduler: Scheduler, source: MeteredSource, gate: UpstreamGate,
-        health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter,
+        health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter, writer: WriterProcess,
     ):
         self._reader, self._scheduler, self._source, self._gate = reader, scheduler, source, gate
         self._health, self._hub, self._upkeep, self._exporter = health, hub, upkeep, exporter
+        self._writer = writer
 
     def collect(self) -> Iterator[Metric]:
         yield self._jobs()
@@ -167,6 +169,9 @@ class LiveCollector:
         yield CounterMetricFamily("calo_websocket_events_sent", "Job events sent to WebSocket clients",
                                   value=self._hub.events_sent)
         yield from self._upkeep_runs()
+        yield GaugeMetricFamily("calo_writer_up", "1 while the SQLite writer process takes writes, 0 once it died "
+                                "(the server then exits for systemd to restart it)",
+                                value=0 if self._writer.failure else 1)
 
     def _jobs(self) -> Metric:
         counts = self._reader.count_by_status()

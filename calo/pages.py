@@ -39,9 +39,12 @@ def page_policy(html: bytes) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """5 -> '5 s', 300 -> '5 min', 90 -> '1.5 min'."""
+    """5 -> '5 s', 300 -> '5 min', 90 -> '1.5 min', 95 -> '1 min 35 s' (never '1.58333 min')."""
+    minutes = seconds / 60
+    if seconds >= 60 and (minutes * 2).is_integer():
+        return f"{minutes:g}\u00a0min"
     if seconds >= 60:
-        return f"{seconds / 60:g}\u00a0min"
+        return f"{int(seconds // 60)}\u00a0min {seconds % 60:.3g}\u00a0s"
     return f"{seconds:g}\u00a0s"
 
 

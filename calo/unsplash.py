@@ -185,20 +185,32 @@ class UnsplashSource:
 
 
 class DemoSource:
-    """Bundled demo images from `static/demo/`, for a server with no access key."""
+    """Bundled demo images from `static/demo/`, for a server with no access key. They are
+    dealt in turn from one shuffled order, so any run of as many jobs as there are images
+    shows each image once (a random pick showed three identical donuts among twelve).
+    `fetch` runs on the worker pool, so the turn is kept under a lock."""
 
     name = "demo"
 
     def __init__(self, static_dir: str, rng: random.Random | None = None):
         with open(os.path.join(static_dir, "demo", "manifest.json"), encoding="utf-8") as file:
             self._manifest = json.load(file)
-        self._rng = rng or random.Random()
+        self._order: list[dict[str, Any]] = list(self._manifest)
+        (rng or random.Random()).shuffle(self._order)
+        self._turn = 0
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return "demo images (no Unsplash access key set)"
 
     def fetch(self, count: int) -> Fetched:
-        return Fetched([self._image(self._rng.choice(self._manifest)) for _ in range(count)])
+        with self._lock:
+            return Fetched([self._image(self._deal()) for _ in range(count)])
+
+    def _deal(self) -> dict[str, Any]:
+        entry = self._order[self._turn % len(self._order)]
+        self._turn += 1
+        return entry
 
     @staticmethod
     def _image(entry: dict[str, Any]) -> dict[str, Any]:

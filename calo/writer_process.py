@@ -77,6 +77,11 @@ class WriterProcess(WriteRequests):
         self._results, self._results_out = multiprocessing.Pipe(duplex=False)
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def failure(self) -> str | None:
+        """Why every write fails (the child died), or None while it works."""
+        return self._failure
+
     def start(self) -> None:
         """Start the child and wait until its connection is open; raises StoreError.
         A fresh interpreter runs this module (`python -m`): no fork of a threaded

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs Chromium (for the browser tests),
-# systemd (whose `systemd-analyze verify` checks deploy/calo.service) and the Python test
-# tools when missing, runs the linters (ruff and mypy: scripts/lint.sh; any finding fails
-# the run), then runs pytest with any extra arguments you give.
+# systemd (whose `systemd-analyze verify` checks deploy/calo.service), Prometheus (whose
+# `promtool` checks deploy/prometheus/) and the Python test tools when missing, runs the
+# linters (ruff and mypy: scripts/lint.sh; any finding fails the run), then runs pytest
+# with any extra arguments you give.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -10,6 +11,10 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  # Only promtool is used; the server and node exporter it recommends are not started.
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 fi
 bash scripts/bootstrap.sh --test
 bash scripts/lint.sh

@@ -1,8 +1,10 @@
 // api.js — owns every HTTP call to the Calo Jobs REST API: a 10 s
 // AbortController timeout on each request, decoding of JSON error bodies
 // ({"error": {"code", "message"}}) into ApiError, Retry-After, and paging via
-// the Link: <...>; rel="next" header. No DOM and no client state here.
+// the Link: <...>; rel="next" header, and the API token on every call (a 401
+// is reported to auth.js's listener, which asks for it). No DOM here.
 
+import { authHeaders, reportUnauthorized } from './auth.js';
 import { noteServerDate } from './util.js';
 
 export const TIMEOUT_MS = 10_000;
@@ -41,7 +43,7 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
     try {
       res = await fetch(path, {
         method,
-        headers: { Accept: 'application/json', ...headers },
+        headers: { Accept: 'application/json', ...authHeaders(), ...headers },
         body,
         signal: ctrl.signal,
         cache: 'no-store',
@@ -63,7 +65,7 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
     }
     if (!res.ok) {
       const e = data && typeof data === 'object' ? data.error : null;
-      throw new ApiError(
+      const err = new ApiError(
         (e && typeof e.message === 'string' && e.message) || `The server answered ${res.status}.`,
         {
           status: res.status,
@@ -71,6 +73,8 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
           retryAfterMs: parseRetryAfter(res.headers.get('Retry-After')),
         },
       );
+      if (res.status === 401) reportUnauthorized(err);
+      throw err;
     }
     return { data, res };
   } finally {
@@ -105,10 +109,15 @@ export function parseNextLink(header) {
  * own origin. Only /jobs URLs are followed.
  */
 function toJobsPath(link) {
+  const path = sameOriginPath(link);
+  return path && new URL(path, location.origin).pathname.endsWith('/jobs') ? path : null;
+}
+
+/** Path + query of a server link, to be fetched from our own origin (null if unusable). */
+function sameOriginPath(link) {
   if (!link) return null;
   try {
     const u = new URL(link, location.origin);
-    if (!u.pathname.endsWith('/jobs')) return null;
     return u.pathname + u.search;
   } catch {
     return null;
@@ -151,4 +160,46 @@ export async function createJob(idempotencyKey) {
   });
   if (!isJob(data)) throw badShape();
   return { job: data, created: res.status === 201 };
+}
+
+/** POST /jobs/{id}/retry → the job, pending again (409 unless it failed). */
+export async function retryJob(id) {
+  const { data } = await request(`/jobs/${encodeURIComponent(id)}/retry`, { method: 'POST' });
+  if (!isJob(data)) throw badShape();
+  return data;
+}
+
+/** POST /jobs/{id}/cancel → the job, cancelled (409 unless it is pending and not resolving). */
+export async function cancelJob(id) {
+  const { data } = await request(`/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
+  if (!isJob(data)) throw badShape();
+  return data;
+}
+
+/** POST /jobs/retry-failed → how many failed jobs were put back to pending. */
+export async function retryFailed() {
+  const { data } = await request('/jobs/retry-failed', { method: 'POST' });
+  if (!data || typeof data.retried !== 'number') throw badShape();
+  return data.retried;
+}
+
+/** GET /jobs/{id}/events → the job's timeline, oldest first (every page of it). */
+export async function getJobEvents(id) {
+  const events = [];
+  let path = `/jobs/${encodeURIComponent(id)}/events`;
+  for (let page = 0; path && page < 20; page++) {
+    const { data, res } = await request(path);
+    if (!Array.isArray(data)) throw badShape();
+    events.push(...data.filter((e) => e && typeof e === 'object' && typeof e.type === 'string' && isJob(e.job)));
+    const next = parseNextLink(res.headers.get('Link'));
+    path = next ? sameOriginPath(next) : null;
+  }
+  return events;
+}
+
+/** GET /stats → counts, the last hour per minute, the upstream's state. */
+export async function getStats() {
+  const { data } = await request('/stats');
+  if (!data || typeof data !== 'object' || !data.counts || !Array.isArray(data.minutes)) throw badShape();
+  return data;
 }

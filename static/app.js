@@ -1,14 +1,19 @@
 // app.js — owns wiring and routing: hash routes (#/, #/?status=pending,
 // #/jobs/{id}), boot order (WebSocket hello → snapshot GET → live events),
 // first-page / "Load more" paging per filter, the Create job button and its
-// keyboard shortcut, the offline banner, and one render per animation frame.
+// keyboard shortcut, job actions (retry, cancel, retry all failed with a
+// confirmation), the detail view's live timeline, the status strip, the
+// banners (offline, reconnecting, upstream), the local/UTC switch, and one
+// render per animation frame.
 
 import * as api from './api.js';
+import { onUnauthorized, setToken, token } from './auth.js';
+import { StatsFeed, StatusStrip, upstreamNotice } from './dashboard.js';
 import { LiveSync } from './live.js';
 import { CreateQueue } from './queue.js';
 import { FILTERS, JobStore } from './store.js';
-import { backoffDelay } from './util.js';
-import { DetailView, ListView, Toasts, renderConnection } from './view.js';
+import { backoffDelay, setTimeZoneMode, timeZoneMode } from './util.js';
+import { DetailView, ListView, Toasts, reloadBrokenImages, renderConnection } from './view.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -22,8 +27,13 @@ const listView = new ListView({
   status: $('#list-summary'),
   loadMore: $('#load-more'),
   retry: $('#retry-load'),
+  onAction: jobAction,
 });
-const detailView = new DetailView({ root: $('#detail-view'), body: $('#detail-body') });
+const detailView = new DetailView({ root: $('#detail-view'), body: $('#detail-body'), onAction: jobAction });
+const strip = new StatusStrip({
+  root: $('#status-strip'),
+  tabCounts: Object.fromEntries([...document.querySelectorAll('[data-count]')].map((el) => [el.dataset.count, el])),
+});
 const conn = { wrap: $('#conn'), label: $('#conn-label') };
 const createBtn = $('#create-job');
 const banner = $('#offline-banner');
@@ -51,6 +61,9 @@ let listScrollY = 0;
 let openedFromList = null;
 let detail = { loading: false, notFound: false, error: null };
 let detailToken = 0;
+let timeline = { id: null, events: null, loading: false, error: null, rev: 0 };
+let timelineTimer = null;
+let stats = null;
 const fresh = new Set(); // ids to animate in on the next list render
 
 // Rows rendered per filter: the first page, plus one page per "Load more".
@@ -100,9 +113,11 @@ function render() {
       notFound: detail.notFound,
       error: entry ? null : detail.error,
       backHref: listHash,
+      timeline: timeline.id === route.id ? timeline : null,
     });
   }
   renderBanner();
+  renderRetryAll();
 }
 
 function renderBanner() {
@@ -150,11 +165,173 @@ function onRoute() {
     document.title = `Job ${route.id} · Calo Jobs`;
     detail = { loading: true, notFound: false, error: null };
     detailView.key = null;
+    timeline = { id: route.id, events: null, loading: true, error: null, rev: timeline.rev + 1 };
     window.scrollTo(0, 0);
     render();
     refreshDetail();
+    loadTimeline();
   }
 }
+
+/* -------------------------------------------------------------- timeline */
+
+async function loadTimeline() {
+  if (route.name !== 'detail') return;
+  const id = route.id;
+  try {
+    const events = await api.getJobEvents(id);
+    if (route.name !== 'detail' || route.id !== id) return;
+    timeline = { id, events, loading: false, error: null, rev: timeline.rev + 1 };
+  } catch (err) {
+    if (route.name !== 'detail' || route.id !== id) return;
+    timeline = { ...timeline, id, loading: false, error: err.status === 404 ? null : err, rev: timeline.rev + 1 };
+  }
+  detailView.renderTimeline(timeline);
+}
+
+/** The job on screen changed: read its timeline again, once for a burst of events. */
+function timelineSoon() {
+  clearTimeout(timelineTimer);
+  timelineTimer = setTimeout(loadTimeline, 150);
+}
+
+/* --------------------------------------------------------------- actions */
+
+const ACTION_TEXT = {
+  retry: { done: 'Job retried: it is pending again, due now.', verb: 'retry' },
+  cancel: { done: 'Job cancelled.', verb: 'cancel' },
+};
+
+/** Retry or cancel one job, from its card or its detail view. */
+async function jobAction(kind, id, button) {
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  try {
+    const job = kind === 'retry' ? await api.retryJob(id) : await api.cancelJob(id);
+    store.upsert(job, { origin: 'local' });
+    toasts.show(ACTION_TEXT[kind].done, { kind: 'success', timeout: 3000 });
+    statsFeed.refreshSoon();
+  } catch (err) {
+    toasts.show(`Could not ${ACTION_TEXT[kind].verb} the job: ${err.message}`, { kind: 'error' });
+    if (button.isConnected) { button.disabled = false; button.removeAttribute('aria-busy'); }
+  }
+}
+
+const retryAllBtn = $('#retry-all');
+const confirmDialog = $('#confirm-retry-all');
+
+function failedCount() {
+  return Number(stats?.counts?.failed) || 0;
+}
+
+function renderRetryAll() {
+  const n = failedCount();
+  retryAllBtn.hidden = !(route.name === 'list' && (listFilter === 'all' || listFilter === 'failed') && n > 0);
+  $('#retry-all-label').textContent = `Retry all failed (${n.toLocaleString()})`;
+}
+
+function askRetryAll() {
+  const n = failedCount();
+  if (!n) return;
+  $('#confirm-text').textContent = `${n.toLocaleString()} failed ${n === 1 ? 'job goes' : 'jobs go'} back to pending, due now, and ${n === 1 ? 'is' : 'are'} tried again. Each keeps its earlier tries in its timeline.`;
+  $('#confirm-ok').textContent = `Retry ${n.toLocaleString()} ${n === 1 ? 'job' : 'jobs'}`;
+  confirmDialog.returnValue = '';
+  confirmDialog.showModal();
+}
+
+confirmDialog.addEventListener('close', async () => {
+  if (confirmDialog.returnValue !== 'confirm') return;
+  retryAllBtn.disabled = true;
+  try {
+    const n = await api.retryFailed();
+    toasts.show(`${n.toLocaleString()} ${n === 1 ? 'job' : 'jobs'} retried.`, { kind: 'success', timeout: 4000 });
+  } catch (err) {
+    toasts.show(`Could not retry the failed jobs: ${err.message}`, { kind: 'error' });
+  } finally {
+    retryAllBtn.disabled = false;
+    statsFeed.refreshSoon();
+  }
+});
+
+/* ------------------------------------------------------------ API token */
+
+const tokenDialog = $('#token-dialog');
+const authBanner = $('#auth-banner');
+let tokenRejected = false;
+
+/** A 401: ask for the token (saying so if the one we sent was refused). */
+onUnauthorized(() => {
+  tokenRejected = token() != null;
+  authBanner.hidden = false;
+  if (!tokenDialog.open) askToken();
+});
+
+function askToken() {
+  $('#token-error').hidden = !tokenRejected;
+  $('#token-input').value = '';
+  tokenDialog.returnValue = '';
+  tokenDialog.showModal();
+}
+
+tokenDialog.addEventListener('close', () => {
+  const value = $('#token-input').value.trim();
+  $('#token-input').value = '';
+  if (tokenDialog.returnValue !== 'save' || !value) return;
+  setToken(value);
+  tokenRejected = false;
+  authBanner.hidden = true;
+  // Everything that was refused goes again, now with the token.
+  bootGrace = false;
+  live.restart();
+  queue.flush();
+  statsFeed.refreshSoon();
+  store.setLoading(listFilter, false, null);
+  ensureLoaded();
+  if (route.name === 'detail') { refreshDetail(); loadTimeline(); }
+});
+
+/* ------------------------------------------------------- stats + banners */
+
+const upstreamBanner = $('#upstream-banner');
+const statsFeed = new StatsFeed({
+  onStats(next) {
+    stats = next;
+    strip.render(next);
+    const notice = upstreamNotice(next.upstream);
+    upstreamBanner.hidden = !notice;
+    upstreamBanner.dataset.state = notice?.state ?? 'ok';
+    upstreamBanner.classList.toggle('is-quiet', Boolean(notice?.quiet));
+    $('#upstream-text').textContent = notice?.text ?? '';
+    renderRetryAll();
+  },
+});
+
+// "Reconnecting" becomes a banner nobody can miss once it has lasted a few seconds.
+const RECONNECT_BANNER_MS = 3000;
+let connBannerTimer = null;
+function renderConnBanner(state) {
+  clearTimeout(connBannerTimer);
+  if (state !== 'reconnecting') { $('#conn-banner').hidden = true; return; }
+  // While the token is missing the socket is refused: the token banner says why.
+  connBannerTimer = setTimeout(() => {
+    $('#conn-banner').hidden = live.state !== 'reconnecting' || !authBanner.hidden;
+  }, RECONNECT_BANNER_MS);
+}
+
+const tzToggle = $('#tz-toggle');
+function renderTimeZone() {
+  const utc = timeZoneMode() === 'utc';
+  tzToggle.setAttribute('aria-pressed', String(utc));
+  tzToggle.title = utc ? 'Times are in UTC: press for your local time zone' : 'Times are in your local time zone: press for UTC';
+}
+tzToggle.addEventListener('click', () => {
+  setTimeZoneMode(timeZoneMode() === 'utc' ? 'local' : 'utc');
+  renderTimeZone();
+  detailView.key = null; // every time on screen is written again
+  listView.tick();
+  if (stats) strip.render(stats);
+  scheduleRender();
+});
 
 const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 
@@ -246,15 +423,21 @@ const live = new LiveSync({
     if (store.upsert(job, { seq: Number.isFinite(seq) ? seq : null, origin: 'event' }) && m.type === 'job.created') {
       fresh.add(job.id);
     }
+    if (route.name === 'detail' && job.id === route.id) timelineSoon();
+    statsFeed.refreshSoon();
   },
   onState(state) {
     renderConnection(conn, state);
+    renderConnBanner(state);
     scheduleRender();
   },
   onHello() {
     bootGrace = false;
     queue.flush();
     if (route.name === 'detail' && (detail.error || detail.loading)) refreshDetail();
+    if (route.name === 'detail') timelineSoon();
+    reloadBrokenImages(document);
+    statsFeed.refreshSoon();
   },
   onSnapshotError(err) {
     const f = listFilter;
@@ -317,15 +500,19 @@ $('#retry-load').addEventListener('click', () => {
   ensureLoaded();
 });
 $('#retry-queue').addEventListener('click', () => queue.flush());
+$('#reconnect-now').addEventListener('click', () => live.retryNow());
+$('#enter-token').addEventListener('click', askToken);
+retryAllBtn.addEventListener('click', askRetryAll);
 window.addEventListener('online', () => { queue.flush(); ensureLoaded(); });
 document.addEventListener('keydown', (e) => {
   if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+  if (document.querySelector('dialog[open]')) return; // a modal question is on screen
   const t = e.target;
   if (t instanceof Element && t.closest('input, textarea, select, [contenteditable=""], [contenteditable="true"]')) return;
   if (e.key === 'n' || e.key === 'N' || e.key === 'c' || e.key === 'C') {
     e.preventDefault();
     createPressed();
-  } else if (e.key === 'Escape' && route.name === 'detail') {
+  } else if (e.key === 'Escape' && route.name === 'detail' && !confirmDialog.open) {
     location.hash = listHash;
   }
 });
@@ -338,7 +525,9 @@ setInterval(() => {
 
 if ('scrollRestoration' in history) history.scrollRestoration = 'manual';
 renderConnection(conn, navigator.onLine === false ? 'offline' : 'reconnecting');
+renderTimeZone();
 onRoute();
 live.start();
+statsFeed.start();
 setTimeout(() => { bootGrace = false; ensureLoaded(); }, 1500);
 if (queue.size) queue.flush();

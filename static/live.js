@@ -12,6 +12,7 @@
 //     one event object or a JSON array of them;
 //   * the connection state shown to the user: live | reconnecting | offline.
 
+import { webSocketProtocols } from './auth.js';
 import { backoffDelay, writeJSON } from './util.js';
 
 const SEQ_KEY = 'calo.lastSeq';
@@ -105,7 +106,7 @@ export class LiveSync {
     this.sinceUsed = this.lastSeq;
     let ws;
     try {
-      ws = new WebSocket(this.url());
+      ws = new WebSocket(this.url(), webSocketProtocols()); // the token, if any, never in the URL
     } catch {
       this.scheduleReconnect();
       return;
@@ -152,6 +153,20 @@ export class LiveSync {
     if (this.ws) return;
     this.attempt = 0;
     this.connect();
+  }
+
+  /** The credentials changed (a token was entered): open a fresh connection now. */
+  restart() {
+    const ws = this.ws;
+    this.ws = null;
+    this.helloed = false;
+    clearTimeout(this.helloTimer);
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    if (ws) { try { ws.close(4001, 'new credentials'); } catch { /* already closing */ } }
+    this.attempt = 0;
+    this.connect();
+    this.updateState();
   }
 
   onMessage(text) {

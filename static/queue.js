@@ -16,6 +16,7 @@ export class CreateQueue {
    * onRejected(err, entry)  the server refused it for good (4xx): dropped
    * onFailure(err)          a retryable failure; the queue will retry
    * onChange()              the list of queued presses changed
+   * A 401 keeps the press queued (it is sent once the API token is given: flush()).
    */
   constructor({ onCreated, onRejected, onFailure, onChange }) {
     this.onCreated = onCreated;
@@ -87,6 +88,13 @@ export class CreateQueue {
           this.failStreak = 0;
           this.onCreated(job, entry);
         } catch (err) {
+          if (err && err.status === 401) {
+            // Not the press's fault: keep it (and those after it) until the token is given.
+            for (const e of this.entries) e.queued = true;
+            this.save();
+            this.onChange();
+            break;
+          }
           if (err && err.retryable) {
             // Keep order: stop at the first press that cannot go out yet.
             let changed = false;

@@ -4,7 +4,7 @@
 // and per-filter paging (next cursor + "frontier") that decides which jobs a
 // filter may show without leaving gaps between loaded pages. No DOM here.
 
-export const FILTERS = ['all', 'pending', 'resolved', 'failed'];
+export const FILTERS = ['all', 'pending', 'resolved', 'failed', 'cancelled'];
 
 const LOADED_ALL = -Infinity; // frontier when the last page has been loaded
 const NOTHING = Infinity; //     frontier before the first page has arrived
@@ -14,6 +14,8 @@ function lifecycle(job) {
 }
 
 function olderLifecycle(a, b) {
+  // A failed job retried is pending again, due no earlier than it failed: newer, not older.
+  if (a.status === 'pending' && b.status === 'failed' && Date.parse(a.due_at) >= Date.parse(b.resolved_at)) return false;
   const [ra, xa] = lifecycle(a);
   const [rb, xb] = lifecycle(b);
   return ra < rb || (ra === rb && xa < xb);

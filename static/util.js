@@ -92,6 +92,10 @@ const ICONS = {
   external: ['M14 4h6v6', 'M20 4l-9 9', 'M18 14v5a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1V7a1 1 0 0 1 1-1h5'],
   image: ['rect:3,5,18,14,2', 'M3 16l5-5 4 4 3-3 6 6', 'circle:15.5,9.5,1.5'],
   copy: ['rect:9,9,11,11,2', 'M5 15V5a1 1 0 0 1 1-1h10'],
+  ban: ['circle:12,12,9', 'M5.6 5.6l12.8 12.8'],
+  retry: ['M4 12a8 8 0 0 1 13.7-5.7L20 8.6', 'M20 4v4.6h-4.6', 'M20 12a8 8 0 0 1-13.7 5.7L4 15.4', 'M4 20v-4.6h4.6'],
+  key: ['circle:8,15,4', 'M10.8 12.2L20 3', 'M16 7l3 3', 'M14 9l2 2'],
+  globe: ['circle:12,12,9', 'M3 12h18', 'M12 3a14 14 0 0 1 0 18', 'M12 3a14 14 0 0 0 0 18'],
 };
 
 export function icon(name, cls = '') {
@@ -168,15 +172,50 @@ export function relTime(ms) {
   return dayFmt.format(ms);
 }
 
-let fullFmt = null; // building an Intl formatter is slow: do it once
+let fullFmt = null; // building an Intl formatter is slow: do it once (per time zone)
+let shortFmt = null;
 let dayFmt = null;
+const ZONE_KEY = 'calo.timeZone';
+let zone = readJSON('localStorage', ZONE_KEY, 'local') === 'utc' ? 'utc' : 'local';
 
+/** 'local' or 'utc': how times are shown (the user's choice, kept in localStorage). */
+export const timeZoneMode = () => zone;
+
+export function setTimeZoneMode(mode) {
+  zone = mode === 'utc' ? 'utc' : 'local';
+  fullFmt = shortFmt = null;
+  writeJSON('localStorage', ZONE_KEY, zone);
+}
+
+const zoneOption = () => (zone === 'utc' ? { timeZone: 'UTC' } : {});
+
+/** "Nov 30, 2026, 09:41:05 UTC" (or the local zone's short name), with the zone always. */
 export function fullTime(ms) {
   if (Number.isNaN(ms)) return '—';
   fullFmt ??= new Intl.DateTimeFormat(undefined, {
     year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
+    timeZoneName: 'short', ...zoneOption(),
   });
   return fullFmt.format(ms);
+}
+
+/** "09:41:05.214" in the chosen zone: for timelines, where milliseconds matter. */
+export function clockTime(ms) {
+  if (Number.isNaN(ms)) return '—';
+  shortFmt ??= new Intl.DateTimeFormat(undefined, {
+    hour: '2-digit', minute: '2-digit', second: '2-digit', fractionalSecondDigits: 3, hourCycle: 'h23',
+    ...zoneOption(),
+  });
+  return shortFmt.format(ms);
+}
+
+/** 40 → "40 ms", 1234 → "1.23 s", 125000 → "2m 5s": how late, or how long. */
+export function msText(ms) {
+  const v = Number(ms);
+  if (!Number.isFinite(v)) return '—';
+  if (Math.abs(v) < 1000) return `${Math.round(v)} ms`;
+  if (Math.abs(v) < 60_000) return `${(v / 1000).toFixed(v < 10_000 ? 2 : 1)} s`;
+  return durationText(v / 1000);
 }
 
 /** 155.4 → "2m 35s", 7.25 → "7.3s" */

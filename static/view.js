@@ -1,19 +1,72 @@
 // view.js — owns rendering: the job list (keyed, incremental DOM updates;
-// only the jobs the store says are visible), queued-press placeholders, the
-// job detail view, the connection indicator, toasts and the 1 s ticker for
-// countdowns / relative times. Every value from the API or Unsplash goes in
+// only the jobs the store says are visible) with each card's action (retry a
+// failed job, cancel a pending one), queued-press placeholders, the job
+// detail view with its actions and its timeline (from GET /jobs/{id}/events),
+// the connection indicator, toasts and the 1 s ticker for countdowns /
+// relative times. Images that fail show a designed fallback, and
+// `reloadBrokenImages` tries them again once the connection is back. Every value from the API or Unsplash goes in
 // through textContent / setAttribute (via h()) and every href/src through
 // safeUrl — never innerHTML.
 
 import {
-  clockText, countdownText, durationText, fullTime, h, icon, now, parseTime, relTime,
+  clockText, clockTime, countdownText, durationText, fullTime, h, icon, msText, now, parseTime, relTime,
   safeColor, safeUrl, withUtm,
 } from './util.js';
 import { applyBlurhash } from './blurhash.js';
 
 export const jobHref = (id) => `#/jobs/${encodeURIComponent(id)}`;
 
-const STATUS_ICON = { pending: 'clock', resolved: 'check', failed: 'alert' };
+const STATUS_ICON = { pending: 'clock', resolved: 'check', failed: 'alert', cancelled: 'ban' };
+
+/** What a job's card and detail view offer: retry a failed job, cancel a pending one. */
+export function jobAction(job) {
+  if (job.status === 'failed') return { kind: 'retry', label: 'Retry', icon: 'retry' };
+  if (job.status === 'pending') return { kind: 'cancel', label: 'Cancel', icon: 'ban' };
+  return null;
+}
+
+/** resolved_at - due_at in ms, or null. */
+export function latenessMs(job) {
+  const late = parseTime(job.resolved_at) - parseTime(job.due_at);
+  return Number.isFinite(late) ? late : null;
+}
+
+function lateText(late) {
+  return late >= 0 ? `${msText(late)} after due` : `${msText(-late)} before due`;
+}
+
+/** The designed stand-in for a photo that cannot be shown. */
+function imageFallback(small) {
+  return h('span', { class: 'thumb-fallback', 'data-testid': 'image-fallback' },
+    icon('image', 'icon-xl'), h('span', { class: small ? 'fallback-text sr-only' : 'fallback-text', text: 'Photo unavailable' }));
+}
+
+function photo(src, alt, size, frame, lazy) {
+  const el = h('img', {
+    src, alt: alt || 'Food photo', loading: lazy ? 'lazy' : null, decoding: 'async', width: size?.[0], height: size?.[1],
+  });
+  watchImage(el, frame);
+  return el;
+}
+
+function watchImage(img, frame) {
+  img.addEventListener('error', () => frame.classList.replace('is-retrying', 'is-broken') || frame.classList.add('is-broken'), { once: true });
+  img.addEventListener('load', () => frame.classList.remove('is-broken', 'is-retrying'), { once: true });
+}
+
+/** After a reconnect: load again every photo that failed (e.g. while offline). */
+export function reloadBrokenImages(root) {
+  for (const frame of root.querySelectorAll('.is-broken')) {
+    const img = frame.querySelector('img');
+    if (!img || !img.getAttribute('src')) continue;
+    // A hidden (display: none) lazy image is never loaded: show it, transparent, while
+    // the fallback stays in front, until it loads or fails again.
+    frame.classList.replace('is-broken', 'is-retrying');
+    const fresh = img.cloneNode(false); // a new element: a new request, not the old failure
+    watchImage(fresh, frame);
+    img.replaceWith(fresh);
+  }
+}
 
 function badge(status) {
   const known = Object.hasOwn(STATUS_ICON, status);
@@ -51,7 +104,8 @@ function photographerName(image) {
 /* ============================================================ job list */
 
 export class ListView {
-  constructor({ list, empty, emptyTitle, emptyText, status, loadMore, retry }) {
+  constructor({ list, empty, emptyTitle, emptyText, status, loadMore, retry, onAction }) {
+    this.onAction = onAction; // (kind: 'retry'|'cancel', id, button) => void
     this.list = list;
     this.empty = empty;
     this.emptyTitle = emptyTitle;
@@ -127,7 +181,7 @@ export class ListView {
         this.emptyTitle.textContent = `No ${filter} jobs`;
         this.emptyText.textContent = filter === 'pending'
           ? 'Everything has finished. Press Create job to start another one.'
-          : `Jobs that have ${filter === 'resolved' ? 'resolved' : 'failed'} will show up here.`;
+          : `Jobs that ${filter === 'cancelled' ? 'were cancelled' : `have ${filter}`} will show up here.`;
       }
     }
 
@@ -167,8 +221,20 @@ export class ListView {
       c.rev = entry.rev;
       c.status = job.status;
       buildJobCard(c.a, c.li, job);
+      const action = jobAction(job);
+      c.li.classList.toggle('has-action', Boolean(action));
+      c.li.replaceChildren(c.a, ...(action ? [this.actionButton(action, job.id)] : []));
     }
     return c;
+  }
+
+  actionButton(action, id) {
+    const btn = h('button', {
+      type: 'button', class: `btn btn-small card-action card-action-${action.kind}`,
+      'data-testid': `card-${action.kind}`, 'aria-label': `${action.label} job ${id}`,
+    }, icon(action.icon), h('span', { text: action.label }));
+    btn.addEventListener('click', () => this.onAction(action.kind, id, btn));
+    return btn;
   }
 
   queuedCard(key, q) {
@@ -213,22 +279,18 @@ function buildJobCard(a, li, job) {
   if (job.status === 'resolved') {
     const src = safeUrl(img?.thumb_url) || safeUrl(img?.url) || safeUrl(job.result);
     if (img?.blur_hash) applyBlurhash(thumb, img.blur_hash);
-    if (src) {
-      const size = imageSize(img);
-      const el = h('img', {
-        src, alt: img?.alt || 'Food photo', loading: 'lazy', decoding: 'async',
-        width: size?.[0], height: size?.[1],
-      });
-      el.addEventListener('error', () => thumb.classList.add('is-broken'), { once: true });
-      thumb.append(el, h('span', { class: 'thumb-fallback' }, icon('image', 'icon-xl')));
-    } else {
-      thumb.append(h('span', { class: 'thumb-fallback' }, icon('image', 'icon-xl')));
+    if (src) thumb.append(photo(src, img?.alt, imageSize(img), thumb, true), imageFallback(true));
+    else {
+      thumb.append(imageFallback(true));
       thumb.classList.add('is-broken');
     }
   } else if (job.status === 'pending') {
     thumb.classList.add('thumb-pending');
     bigCount = h('span', { class: 'thumb-count' });
     thumb.append(icon('clock', 'icon-xl'), bigCount);
+  } else if (job.status === 'cancelled') {
+    thumb.classList.add('thumb-cancelled');
+    thumb.append(icon('ban', 'icon-xl'), h('span', { class: 'thumb-code', text: 'cancelled' }));
   } else {
     thumb.classList.add('thumb-failed');
     thumb.append(icon('alert', 'icon-xl'), h('span', { class: 'thumb-code', text: job.error?.code || 'failed' }));
@@ -243,10 +305,12 @@ function buildJobCard(a, li, job) {
       h('div', { class: 'progress', 'aria-hidden': 'true' }, bar)];
   } else if (job.status === 'resolved') {
     const who = photographerName(img);
-    const took = Number(job.delay_seconds);
+    const late = latenessMs(job);
     meta = h('div', { class: 'card-meta' },
       img?.source === 'demo' ? 'Demo image' : who ? `Photo by ${who}` : 'Photo ready',
-      Number.isFinite(took) ? h('span', { class: 'dot-sep', text: ` · after ${durationText(took)}` }) : null);
+      late != null ? h('span', { class: 'dot-sep', 'data-testid': 'lateness', text: ` · ${lateText(late)}` }) : null);
+  } else if (job.status === 'cancelled') {
+    meta = h('div', { class: 'card-meta', text: `Cancelled ${relTime(parseTime(job.resolved_at))}` });
   } else {
     meta = h('div', { class: 'card-meta card-error', text: job.error?.message || 'This job failed.' });
   }
@@ -296,9 +360,12 @@ function reconcile(parent, desired) {
 /* ========================================================== job detail */
 
 export class DetailView {
-  constructor({ root, body }) {
+  constructor({ root, body, onAction }) {
     this.root = root;
     this.body = body;
+    this.onAction = onAction; // (kind, id, button) => void
+    this.timelineBox = null;
+    this.timelineKey = null;
     this.key = null;
     this.tickFn = null;
   }
@@ -329,7 +396,29 @@ export class DetailView {
         h('p', { class: 'subtle' }, h('code', { text: state.id })));
     }
     this.body.replaceChildren(back, content);
+    this.timelineKey = null;
+    if (state.job) this.renderTimeline(state.timeline);
     if (focusHeading) this.body.querySelector('.detail-title')?.focus({ preventScroll: true });
+  }
+
+  /** timeline: {events: [...] | null, loading, error, rev} for the job on screen. */
+  renderTimeline(timeline) {
+    const box = this.timelineBox;
+    if (!box || !box.isConnected) return;
+    const key = `${timeline?.rev ?? ''}|${timeline?.loading}|${timeline?.error?.message ?? ''}`;
+    if (key === this.timelineKey) return;
+    this.timelineKey = key;
+    const events = timeline?.events;
+    if (!events) {
+      box.replaceChildren(h('p', { class: 'subtle', text: timeline?.error
+        ? `Could not load the timeline: ${timeline.error.message}` : 'Loading the timeline…' }));
+      return;
+    }
+    if (!events.length) {
+      box.replaceChildren(h('p', { class: 'subtle', text: 'No events kept for this job (they are pruned after the retention period).' }));
+      return;
+    }
+    box.replaceChildren(h('ol', { class: 'timeline', 'data-testid': 'timeline' }, events.map(timelineItem)));
   }
 
   jobContent(job) {
@@ -347,12 +436,9 @@ export class DetailView {
       const color = safeColor(img?.color);
       const frame = h('div', { class: 'photo-frame', style: { 'background-color': color, 'aspect-ratio': size ? `${size[0]} / ${size[1]}` : null } });
       if (img?.blur_hash) applyBlurhash(frame, img.blur_hash);
-      if (src) {
-        const el = h('img', { src, alt: img?.alt || 'Food photo', decoding: 'async', width: size?.[0], height: size?.[1] });
-        el.addEventListener('error', () => frame.classList.add('is-broken'), { once: true });
-        frame.append(el);
-      } else frame.classList.add('is-broken');
-      frame.append(h('span', { class: 'thumb-fallback' }, icon('image', 'icon-xl'), 'Image unavailable'));
+      if (src) frame.append(photo(src, img?.alt, size, frame, false));
+      else frame.classList.add('is-broken');
+      frame.append(imageFallback(false));
       media = h('figure', { class: 'photo' }, frame, attribution(img));
     } else if (job.status === 'pending') {
       const big = h('div', { class: 'wait-count', 'data-testid': 'countdown' });
@@ -367,6 +453,11 @@ export class DetailView {
         sub.textContent = left > 0 ? 'until the photo is fetched' : 'the photo is on its way';
         bar.style.transform = `scaleX(${progressFraction(job)})`;
       });
+    } else if (job.status === 'cancelled') {
+      media = h('div', { class: 'fail-card cancel-card' },
+        icon('ban', 'icon-xxl'),
+        h('h2', { text: 'This job was cancelled' }),
+        h('p', { class: 'fail-msg', text: `Cancelled ${fullTime(resolved)}, before its photo was fetched.` }));
     } else {
       media = h('div', { class: 'fail-card', role: 'alert', 'data-testid': 'job-error' },
         icon('alert', 'icon-xxl'),
@@ -388,7 +479,9 @@ export class DetailView {
       ticks.push(() => { cd.textContent = ` (${countdownText(due)})`; });
       row('Due', fullTime(due), cd);
     } else row('Due', fullTime(due));
-    row(job.status === 'failed' ? 'Failed' : 'Resolved', job.resolved_at ? fullTime(resolved) : '—');
+    const late = job.status === 'resolved' ? latenessMs(job) : null;
+    row({ failed: 'Failed', cancelled: 'Cancelled' }[job.status] || 'Resolved', job.resolved_at ? fullTime(resolved) : '—',
+      late != null ? h('span', { class: 'subtle', 'data-testid': 'detail-lateness', text: ` (${lateText(late)})` }) : null);
     row('Delay', durationText(job.delay_seconds));
     row('Attempts', String(Number.isFinite(Number(job.attempts)) ? Number(job.attempts) : '—'));
     const resultUrl = safeUrl(job.result);
@@ -413,14 +506,70 @@ export class DetailView {
     this.tickFn = tick;
     tick();
 
+    const action = jobAction(job);
+    let actionBtn = null;
+    if (action) {
+      actionBtn = h('button', {
+        type: 'button', class: `btn ${action.kind === 'retry' ? 'btn-primary' : 'btn-secondary'} detail-action`,
+        'data-testid': `detail-${action.kind}`,
+      }, icon(action.icon), action.kind === 'retry' ? 'Retry job' : 'Cancel job');
+      actionBtn.addEventListener('click', () => this.onAction(action.kind, job.id, actionBtn));
+    }
+    this.timelineBox = h('div', { class: 'timeline-box', 'aria-live': 'polite' });
     return h('article', { class: `detail detail-${job.status}`, 'data-job-id': job.id, 'data-status': job.status },
       h('header', { class: 'detail-head' },
         h('h1', { class: 'detail-title', tabindex: '-1' }, 'Job ', h('code', { text: job.id })),
-        badge(job.status)),
+        badge(job.status), actionBtn),
       h('div', { class: 'detail-grid' },
-        h('div', { class: 'detail-media' }, media),
+        h('div', { class: 'detail-media' }, media,
+          h('section', { class: 'panel timeline-panel', 'aria-labelledby': 'timeline-title' },
+            h('h2', { class: 'panel-title', id: 'timeline-title', text: 'Timeline' }), this.timelineBox)),
         h('section', { class: 'panel', 'aria-label': 'Job details' }, h('dl', { class: 'facts' }, rows))));
   }
+}
+
+/** One event of a job's timeline as a list item: when, what, and the detail that matters. */
+function timelineItem(event) {
+  const job = event.job;
+  const at = parseTime(event.at);
+  const error = job.error ? `${job.error.code ?? ''}: ${job.error.message ?? ''}` : '';
+  const tries = (n) => `${n} ${n === 1 ? 'try' : 'tries'}`;
+  let title = event.type;
+  let detail = '';
+  let kind = 'info';
+  switch (event.type) {
+    case 'job.created':
+      title = 'Created';
+      detail = `due ${durationText(job.delay_seconds)} later, at ${clockTime(parseTime(job.due_at))}`;
+      break;
+    case 'job.updated':
+      if (job.error?.code === 'rate_limited') { title = 'Waiting for the rate limit'; detail = String(job.error.message ?? ''); kind = 'wait'; } else { title = `Try ${job.attempts} failed`; detail = `${error} — it will be tried again`; kind = 'warn'; }
+      break;
+    case 'job.failed':
+      title = `Failed after ${tries(Number(job.attempts) || 0)}`; detail = error; kind = 'bad';
+      break;
+    case 'job.retried':
+      title = 'Retried'; detail = 'pending again, due now'; kind = 'info';
+      break;
+    case 'job.cancelled':
+      title = 'Cancelled'; detail = 'before its photo was fetched'; kind = 'muted';
+      break;
+    case 'job.resolved': {
+      const late = latenessMs(job);
+      title = 'Resolved'; kind = 'good';
+      detail = [late != null ? lateText(late) : '', Number(job.attempts) > 1 ? `on try ${job.attempts}` : ''].filter(Boolean).join(', ');
+      break;
+    }
+    default:
+      break;
+  }
+  return h('li', { class: `tl-item tl-${kind}`, 'data-type': event.type, 'data-seq': event.seq },
+    h('span', { class: 'tl-dot', 'aria-hidden': 'true' }),
+    h('div', { class: 'tl-body' },
+      h('div', { class: 'tl-head' },
+        h('span', { class: 'tl-title', text: title }),
+        h('time', { class: 'tl-time', datetime: Number.isNaN(at) ? null : new Date(at).toISOString(), title: fullTime(at), text: clockTime(at) })),
+      detail ? h('div', { class: 'tl-detail', text: detail }) : null));
 }
 
 /** "Photo by <name> on Unsplash" (both linked, with referral params) or the demo note. */

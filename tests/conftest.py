@@ -1,6 +1,7 @@
-"""Shared fixtures: the fake Unsplash server, settings, and Calo Jobs in-process or as a
-real `python server.py` process. Every server listens on an ephemeral loopback port and
-keeps its data in the test's own tmp_path. Nothing of Calo's own is faked.
+"""Shared fixtures: the fake Unsplash server, settings, Calo Jobs in-process or as a
+real `python server.py` process, and headless Chromium for the browser tests. Every server
+listens on an ephemeral loopback port and keeps its data in the test's own tmp_path.
+Nothing of Calo's own is faked.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from calo.app import Calo
 from calo.config import Settings, parse_settings
+from tests.e2e_helpers import DESKTOP, MISSING_CHROMIUM, Seen, chromium_missing, launch_chromium
 from tests.fake_unsplash import FakeUnsplash
 from tests.helpers import FAST_DELAYS, ServerProcess, server_environ
 
@@ -78,3 +81,42 @@ def server_process(fake_unsplash, data_dir) -> Iterator[Callable[..., ServerProc
     for process in started:
         if process.started and process.process.poll() is None:
             process.kill()
+
+
+# -- the browser tests ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium per test module. A missing browser fails the test, never
+    skips it: `bash scripts/test.sh` installs it."""
+    if chromium_missing():
+        pytest.fail(MISSING_CHROMIUM, pytrace=False)
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def seen() -> Seen:
+    return Seen()
+
+
+@pytest.fixture
+def page(browser: Browser, seen: Seen) -> Iterator[Page]:
+    """A page in a fresh context. After the test, the page must not have raised an
+    uncaught error or opened a dialog."""
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+
+    def on_dialog(dialog: Dialog) -> None:
+        seen.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda error: seen.errors.append(str(error)))
+    yield page
+    context.close()
+    assert seen.errors == [], f"uncaught errors in the page: {seen.errors}"
+    assert seen.dialogs == [], f"the page opened dialogs: {seen.dialogs}"

@@ -242,3 +242,14 @@ def test_stats_are_seeded_from_the_event_log_after_a_restart(server_process):
     late = [m["lateness"] for m in after if m["lateness"]]
     assert sum(entry["count"] for entry in late) == 3
     assert max(entry["max_ms"] for entry in late) == max(m["lateness"]["max_ms"] for m in before if m["lateness"])
+
+
+def test_demo_images_do_not_repeat_within_a_screen_of_jobs():
+    from calo.unsplash import DemoSource
+    from tests.helpers import ROOT
+
+    source = DemoSource(os.path.join(ROOT, "static"))
+    distinct = len({image["url"] for image in source.fetch(100).images})
+    assert distinct >= 12
+    urls = [image["url"] for _ in range(7) for image in source.fetch(5).images]  # batches of any size
+    assert all(len(set(urls[start:start + distinct])) == distinct for start in range(len(urls) - distinct + 1))

@@ -2,7 +2,8 @@
 processes and the fake Unsplash: create, live updates, restart and reconnect, the
 offline queue, escaping of Unsplash text, the bookmarkable detail view, paging.
 
-One browser for the module, a fresh context (cookies, storage, offline state) per test.
+One browser for the module, a fresh context (cookies, storage, offline state) per test
+(the `browser` and `page` fixtures, in conftest.py).
 Every wait is one of Playwright's auto-retrying expectations with a deadline, never a
 sleep. A missing browser fails these tests, it never skips them: `bash scripts/test.sh`
 installs it.
@@ -10,29 +11,19 @@ installs it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.e2e_helpers import (
-    DESKTOP,
-    MISSING_CHROMIUM,
-    WAIT_MS,
-    chromium_missing,
-    launch_chromium,
-    wait_until_loaded,
-)
+from tests.e2e_helpers import RECONNECT_MS, WAIT_MS, api_jobs, card, open_dashboard, wait_until_loaded
 from tests.helpers import ServerProcess, poll
 
 pytestmark = pytest.mark.e2e
 
 SHORT_DELAYS = ("--delay-min", "1", "--delay-max", "2", "--delay-step", "1")
 UTM = "utm_source=calo_jobs&utm_medium=referral"
-RECONNECT_MS = 20_000  # static/live.js backs off up to 15 s between reconnects
 
 # Records, in the page itself, every status each job card has shown, in order. A reload
 # would wipe `window.__statuses`, so reading it back also proves there was none.
@@ -58,60 +49,7 @@ TRACK_STATUSES = """() => {
 }"""
 
 
-@dataclass
-class Seen:
-    """What the page did that a test never wants: dialogs and uncaught errors."""
-
-    dialogs: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if chromium_missing():
-        pytest.fail(MISSING_CHROMIUM, pytrace=False)
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def seen() -> Seen:
-    return Seen()
-
-
-@pytest.fixture
-def page(browser: Browser, seen: Seen) -> Iterator[Page]:
-    """A page in a fresh context. After the test, the page must not have raised an
-    uncaught error or opened a dialog."""
-    context = browser.new_context(viewport=DESKTOP)
-    page = context.new_page()
-
-    def on_dialog(dialog) -> None:
-        seen.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
-    page.on("pageerror", lambda error: seen.errors.append(str(error)))
-    yield page
-    context.close()
-    assert seen.errors == [], f"uncaught errors in the page: {seen.errors}"
-    assert seen.dialogs == [], f"the page opened dialogs: {seen.dialogs}"
-
-
 # -- helpers -------------------------------------------------------------------------
-
-
-def open_dashboard(page: Page, server: ServerProcess) -> None:
-    page.goto(server.url + "/")
-    expect(page.get_by_test_id("connection-state")).to_have_text("live", timeout=WAIT_MS)
-
-
-def api_jobs(server: ServerProcess) -> list[dict]:
-    response = server.get("/jobs?limit=1000")
-    response.raise_for_status()
-    return response.json()
 
 
 def resolved_job(server: ServerProcess, job_id: str) -> dict:
@@ -121,10 +59,6 @@ def resolved_job(server: ServerProcess, job_id: str) -> dict:
         return job if job["status"] == "resolved" else None
 
     return poll(resolved, timeout=15)
-
-
-def card(page: Page, job_id: str) -> Locator:
-    return page.locator(f'[data-testid=job-item][data-job-id="{job_id}"]')
 
 
 def shown_ids(page: Page) -> list[str]:

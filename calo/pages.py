@@ -20,10 +20,11 @@ from calo.errors import JsonErrors
 
 INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S)
 # Scripts, styles, fonts and fetches from this server only (connect-src 'self' covers its
-# own ws:// and wss://); photos from anywhere over https (Unsplash's CDN), blurhash
-# placeholders as data: URLs; never framed, no plugins, no <base>, forms post here only.
+# own ws:// and wss://); photos from any http(s) origin (a job's image URL is any absolute
+# http(s) URL Unsplash gave), blurhash placeholders as data: URLs; never framed, no
+# plugins, no <base>, forms post here only.
 PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'{inline}; style-src 'self'; img-src 'self' https: data: blob:; "
+    "default-src 'self'; script-src 'self'{inline}; style-src 'self'; img-src 'self' https: http: data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 

@@ -5,6 +5,10 @@ import os
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# `pip install .[postgres]`: the PostgreSQL backend (--database-url postgresql://...).
+# psycopg 3 speaks asyncio natively (reads and writes on the IOLoop, LISTEN for new
+# events); the binary wheel bundles libpq, so no compiler or libpq-dev is needed.
+POSTGRES = ["psycopg[binary]>=3.1,<4", "psycopg-pool>=3.2,<4"]
 
 
 def web_files(top):
@@ -41,6 +45,7 @@ setup(
             "jsonschema>=4.18",
             "websockets>=13,<18",  # a WebSocket client that is not Tornado's, for the /ws contract
             "playwright>=1.41,<2",  # drives Debian's chromium; never `playwright install`
+            *POSTGRES,  # the PostgreSQL tests run in CI too
             # Linters, run by scripts/lint.sh before the tests. Pinned to a minor release:
             # a new one may add findings, and CI must not turn red on its own.
             "ruff>=0.17,<0.18",
@@ -50,6 +55,7 @@ setup(
             "pyyaml>=6",  # reads deploy/prometheus/calo-alerts.yml in its test
             "types-PyYAML>=6",
         ],
+        "postgres": POSTGRES,
     },
     entry_points={"console_scripts": ["calo-server = calo.cli:main"]},
 )

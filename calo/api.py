@@ -151,10 +151,10 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
         self.finish(text)
 
 
-def storage_unavailable(exc: StoreError) -> ApiError:
-    """Nothing was committed (the disk or the writer failed): the client may try again,
-    with the same Idempotency-Key, once the service is back."""
-    return ApiError(503, "storage_unavailable", f"the job could not be stored: {exc}",
+def storage_unavailable(exc: StoreError, failed: str = "the job could not be stored") -> ApiError:
+    """Nothing was committed (the disk, the writer or the database failed): the client may
+    try again, with the same Idempotency-Key, once the service is back."""
+    return ApiError(503, "storage_unavailable", f"{failed}: {exc}",
                     {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
 
 
@@ -169,7 +169,7 @@ class NotFoundHandler(ApiHandler):
 class JobsHandler(ApiHandler):
     """GET lists jobs page by page; POST creates one."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         status = query_argument(self, "status")
         if status is not None and status not in STATUSES:
             raise ApiError(400, "bad_parameter", f"status must be one of {', '.join(STATUSES)}")
@@ -177,7 +177,10 @@ class JobsHandler(ApiHandler):
         limit = DEFAULT_LIMIT if raw_limit is None else whole_number(raw_limit, "limit", 1, MAX_LIMIT)
         cursor = query_argument(self, "cursor")
         before = decode_cursor(cursor) if cursor is not None else None
-        rows = self.service.jobs_page(status, limit + 1, before)  # one more: is there a next page?
+        try:
+            rows = await self.service.jobs_page(status, limit + 1, before)
+        except StoreError as exc:
+            raise storage_unavailable(exc, "jobs could not be read") from None  # one more: is there a next page?
         if len(rows) > limit:
             rows = rows[:limit]
             self._link_next(status, limit, rows[-1][0])
@@ -205,8 +208,11 @@ class JobsHandler(ApiHandler):
 
 
 class JobHandler(ApiHandler):
-    def get(self, job_id: str) -> None:
-        doc = self.service.job_json(job_id)
+    async def get(self, job_id: str) -> None:
+        try:
+            doc = await self.service.job_json(job_id)
+        except StoreError as exc:
+            raise storage_unavailable(exc, "the job could not be read") from None
         if doc is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         self.write_json(doc)
@@ -274,10 +280,13 @@ EVENTS_PAGE = 1000
 class JobEventsHandler(ApiHandler):
     """GET /jobs/{id}/events: the job's timeline, from the event log."""
 
-    def get(self, job_id: str) -> None:
+    async def get(self, job_id: str) -> None:
         raw = query_argument(self, "after")
         after = 0 if raw is None else whole_number(raw, "after")
-        events = self.service.job_events(job_id, after, EVENTS_PAGE + 1)
+        try:
+            events = await self.service.job_events(job_id, after, EVENTS_PAGE + 1)
+        except StoreError as exc:
+            raise storage_unavailable(exc, "the job's events could not be read") from None
         if events is None:
             raise ApiError(404, "job_not_found", "no job with this id")
         if len(events) > EVENTS_PAGE:
@@ -293,6 +302,10 @@ class StatsHandler(ApiHandler):
         super().initialize(service, access)
         self.report = report
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.write_json(json.dumps(self.report.document(), separators=(",", ":")))
+        try:
+            document = await self.report.document()
+        except StoreError as exc:
+            raise storage_unavailable(exc, "the counts could not be read") from None
+        self.write_json(json.dumps(document, separators=(",", ":")))

@@ -1,15 +1,15 @@
 """Wiring, in one place: the route table, and the parts built from `Settings`.
 
 Owns which part talks to which, and the order they start and stop in:
-start: database (lock, migrate) -> writer process -> IOLoop reader -> scheduler (recovery)
--> JSON exporter -> upkeep -> health checks and metrics; stop: /readyz says 503 -> upkeep
--> scheduler (grace for in-flight fetches) -> writer (commits what is queued) -> exporter
-(final flush) -> reader -> database lock.
+start: storage (SQLite: lock, migrate, writer process, reader; PostgreSQL: migrate, writer,
+pool, log follower) -> scheduler (recovery) -> JSON exporter -> upkeep -> health checks and
+metrics; stop: /readyz says 503 -> upkeep -> scheduler (grace for in-flight fetches) ->
+storage (commits what is queued, closes) -> exporter (final flush).
 
-Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_commit`
-and `_writer_died`: the writer process's results arrive on the IOLoop (a reader callback
-on its pipe). Other threads (the pool, the exporter) cross only through
-`run_in_executor` futures and the exporter's thread-safe `mark_changed`.
+Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_events`,
+`_on_commit` and `_storage_died`: the storage calls them on the IOLoop. Other threads
+(the pool, the exporter) cross only through `run_in_executor` futures and the exporter's
+thread-safe `mark_changed`.
 Must never: hold logic of its own beyond building and connecting the parts.
 """
 
@@ -49,14 +49,14 @@ from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.stats import Activity, StatsReport
-from calo.store import Database, Event
+from calo.storage import Storage, open_storage
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
-from calo.writer_process import WriterProcess
 
 if TYPE_CHECKING:
     from calo.config import Settings
+    from calo.storage.base import Event
 
 log = logging.getLogger("calo")
 
@@ -101,7 +101,7 @@ def make_app(
         (r"/ws", EventsSocket, {"service": service, "hub": hub, "access": access}),
         (r"/healthz", HealthzHandler),
         (r"/readyz", ReadyzHandler, {"health": health}),
-        (r"/metrics", MetricsHandler, {"metrics": metrics}),
+        (r"/metrics", MetricsHandler, {"metrics": metrics, "health": health}),
     ]
     app = tornado.web.Application(
         routes,
@@ -139,7 +139,7 @@ class Calo:
 
     def __init__(self, settings: Settings, on_fatal: Callable[[str], None] = lambda reason: None):
         """`on_fatal(reason)` is called (on the IOLoop) if the service can no longer work
-        (its writer process died); the process should then stop and exit non-zero."""
+        (its storage can no longer write); the process should then stop and exit non-zero."""
         self.settings = settings
         self.on_fatal = on_fatal
         self.web_root = find_web_root()
@@ -148,42 +148,48 @@ class Calo:
         self.hub = Hub()
         self.activity = Activity()
         self._loop = IOLoop.current()
-        self.database: Database | None = None
+        self.storage: Storage | None = None
 
-    def start(self) -> tornado.web.Application:
-        """Open the data dir and start every part; returns the web application.
+    async def start(self) -> tornado.web.Application:
+        """Open the storage and start every part; returns the web application.
         Raises StoreError (one line) if the data dir or database is unusable."""
         settings = self.settings
-        self.database = Database(settings.data_dir)
-        self.exporter = JsonExporter(self.database)
-        # The writer runs in its own process; each group's results and events come back
-        # to the IOLoop as one message.
-        self.writer = WriterProcess(self.database.path, self._on_commit, asyncio_loop(self._loop), self._writer_died)
-        self.writer.start()
-        self.reader = self.database.reader()
+        storage = open_storage(settings)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
         self.gate = UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000))
         self.scheduler = Scheduler(
-            source=self.source, writer=self.writer, pool=self.pool,
+            source=self.source, writer=storage, pool=self.pool,
             gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
         )
+        try:
+            await storage.start(
+                asyncio_loop(self._loop), on_events=self._on_events, on_commit=self._on_commit,
+                on_death=self._storage_died, on_claimed=self._on_claimed, on_rate_limit=self.gate.pause_until,
+            )
+        except BaseException:
+            self.pool.shutdown(wait=False)
+            raise
+        self.storage = storage
+        self.gate.on_rate_limited = storage.share_rate_limit
+        self.exporter = JsonExporter(storage, settings.data_dir)
         self.service = JobService(
-            reader=self.reader, writer=self.writer, scheduler=self.scheduler,
+            storage=storage, scheduler=self.scheduler,
             delays=(settings.delay_min, settings.delay_max, settings.delay_step),
             max_pending=settings.max_pending,
         )
-        self.activity.seed(self.database, self.reader.latest_seq())  # before anything commits
-        pending = self.reader.pending_due()
+        self.activity.seed(storage, await storage.latest_seq())  # before this server commits
+        pending = await storage.jobs_to_schedule()
         overdue = self.scheduler.start(pending)
         log.info("recovered %d pending jobs, %d of them overdue and run now", len(pending), overdue)
+        storage.start_background()
         self.exporter.start()
         self.upkeep = Upkeep(
-            self.writer, settings.event_retention, retain_days=settings.retain_days,
+            storage, settings.event_retention, retain_days=settings.retain_days,
             on_jobs_deleted=self.exporter.mark_changed,
         )
         self.upkeep.start()
-        self._start_watching({"pending_at_start": len(pending), "overdue_at_start": overdue})
+        self._start_watching(storage, {"pending_at_start": len(pending), "overdue_at_start": overdue})
         access = AccessPolicy(settings.api_token, settings.private, settings.allowed_origins)
         return make_app(
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
@@ -192,44 +198,55 @@ class Calo:
             hosts=answered_hosts(settings.host, settings.allowed_hosts), public_url=settings.public_url,
         )
 
-    def _start_watching(self, recovery: dict[str, int]) -> None:
+    def _start_watching(self, storage: Storage, recovery: dict[str, int]) -> None:
         """Health checks, and the metrics that read the parts at scrape time."""
         self.health = Health(
-            reader=self.reader, writer=self.writer, scheduler=self.scheduler, gate=self.gate,
+            storage=storage, scheduler=self.scheduler, gate=self.gate,
             demo=self.source.name == "demo", recovery=recovery, stuck_after=self.settings.stuck_after,
         )
+        self.health.start()
         self.metrics.registry.register(LiveCollector(
-            reader=self.reader, scheduler=self.scheduler, source=self.source, gate=self.gate,
-            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter, writer=self.writer,
+            scheduler=self.scheduler, source=self.source, gate=self.gate,
+            health=self.health, hub=self.hub, upkeep=self.upkeep, exporter=self.exporter, storage=storage,
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()
 
-    def _writer_died(self, reason: str) -> None:
+    def _storage_died(self, reason: str) -> None:
         """Nothing can be committed any more: say so, and let the process exit (systemd
         restarts it; recovery takes well under a second)."""
         log.critical("%s; every write fails, stopping so that the service restarts", reason)
         self.on_fatal(reason)
 
-    def _on_commit(self, events: list[Event]) -> None:
-        """IOLoop thread, after each commit: tell the live feed, the exporter, the metrics."""
+    def _on_events(self, events: list[Event]) -> None:
+        """IOLoop thread: events committed to the database (by any server), in seq order."""
         self.hub.publish(events)
         self.exporter.mark_changed()
+        self.activity.observe(events)  # the dashboard shows every server's activity
+
+    def _on_claimed(self, jobs: list[tuple[int, str]]) -> None:
+        """IOLoop thread: pending jobs this server runs from now on (taken over, or
+        re-read after a commit's answer was lost); those it holds already are skipped."""
+        held = self.scheduler.held_ids()
+        for due_at, job_id in jobs:
+            if job_id not in held:
+                self.scheduler.add(job_id, due_at)
+
+    def _on_commit(self, events: list[Event]) -> None:
+        """IOLoop thread, after each of this server's commits: count it."""
         self.metrics.observe_committed(events)
-        self.activity.observe(events)
 
     async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """Finish in-flight fetches (up to the grace period), commit, flush, close."""
-        if self.database is None:
+        if self.storage is None:
             return
         self.health.shutting_down = True  # /readyz answers 503 from now on
+        self.health.stop()
         self.loop_lag.stop()
         self.upkeep.stop()
         await self.scheduler.stop(grace_seconds)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.writer.stop()
+        await self.storage.stop()
         self.hub.close_all()
         self.exporter.stop()
-        self.reader.close()
-        self.database.close()
-        self.database = None
+        self.storage = None

@@ -64,7 +64,7 @@ async def serve(settings: Settings) -> None:
     if not settings.unsplash_access_key:
         log.warning("no Unsplash access key (CALO_UNSPLASH_ACCESS_KEY): jobs get bundled demo images")
     try:
-        app = calo.start()
+        app = await calo.start()
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     systemd = SystemdLink.from_environ(os.environ, calo.health)  # does nothing outside systemd
@@ -77,8 +77,9 @@ async def serve(settings: Settings) -> None:
     try:
         port = _listen(server, settings)
         log.info(
-            "ready url=http://%s:%d data_dir=%s images=%s workers=%d",
-            settings.host, port, settings.data_dir, calo.source.describe(), settings.workers,
+            "ready url=http://%s:%d storage=%s data_dir=%s images=%s workers=%d",
+            settings.host, port, calo.storage.name if calo.storage else "-", settings.data_dir,
+            calo.source.describe(), settings.workers,
         )
         systemd.ready()  # the database is open, recovery has run, and the port listens
         await stop_requested.wait()
@@ -95,6 +96,8 @@ async def serve(settings: Settings) -> None:
 
 def import_json(settings: Settings, path: str) -> None:
     """`--import-json FILE`: rebuild an empty or missing database from an export."""
+    if settings.database_url:
+        raise StartupError("--import-json fills an SQLite data dir only; unset --database-url to use it")
     try:
         job_docs = read_export(path)
     except ValueError as exc:

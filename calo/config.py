@@ -111,6 +111,14 @@ def _api_token(text: str) -> str | None:
     return text
 
 
+def _database_url(text: str) -> str | None:
+    if not text:
+        return None  # unset: SQLite in --data-dir
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql://user@host:port/dbname URL (unset: SQLite in --data-dir)")
+    return text
+
+
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on", ""):
         return True
@@ -130,6 +138,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("port", "--port", ("CALO_PORT",), _port, 8888, "TCP port to listen on (0: any free port)"),
     Setting("data_dir", "--data-dir", ("CALO_DATA_DIR",), _text, "./data",
             "directory for calo.db and the jobs.json export"),
+    Setting("database_url", "--database-url", ("CALO_DATABASE_URL",), _database_url, None,
+            "postgresql://user@host:port/dbname: keep jobs in PostgreSQL, shared by every server started "
+            "with the same URL (needs the [postgres] extra); unset: SQLite in --data-dir"),
+    Setting("instance_lease", "--instance-lease", ("CALO_INSTANCE_LEASE",), _seconds, 10.0,
+            "with PostgreSQL: seconds after its last heartbeat that a server counts as gone "
+            "and another takes over its pending jobs"),
+    Setting("database_pool_size", "--database-pool-size", ("CALO_DATABASE_POOL_SIZE",), _positive_int, 4,
+            "with PostgreSQL: connections each server keeps for reads"),
     Setting("workers", "--workers", ("CALO_WORKERS",), _positive_int, 8,
             "threads in the pool that calls Unsplash"),
     Setting("delay_min", "--delay-min", ("CALO_DELAY_MIN",), _seconds, 5.0,
@@ -184,7 +200,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-SECRETS = ("unsplash_access_key", "api_token")  # never echoed, logged or shown in a repr
+SECRETS = ("unsplash_access_key", "api_token", "database_url")  # never echoed, logged or shown in a repr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +210,9 @@ class Settings:
     host: str
     port: int
     data_dir: str
+    database_url: str | None = dataclasses.field(repr=False)  # may hold a password
+    instance_lease: float
+    database_pool_size: int
     workers: int
     delay_min: float
     delay_max: float

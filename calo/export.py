@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from calo.clock import iso_utc, now_ms
+from calo.storage.base import StoreError
 
 if TYPE_CHECKING:
-    from calo.store import Database, Reader
+    from calo.storage.base import ExportReader, Storage
 
 log = logging.getLogger("calo.export")
 
@@ -59,12 +60,13 @@ def write_atomically(path: str, write_body: Callable[[TextIO], None]) -> None:
 
 
 class JsonExporter:
-    def __init__(self, database: Database, interval: float = 1.0):
-        self.path = os.path.join(database.data_dir, EXPORT_FILE)
-        self._database = database
+    def __init__(self, storage: Storage, data_dir: str, interval: float = 1.0):
+        self.path = os.path.join(data_dir, EXPORT_FILE)
+        self._storage = storage
         self._interval = interval
         self._changed = threading.Event()
         self._stopping = threading.Event()
+        self._owed = False  # an export was skipped while another server ran upkeep
         self._thread = threading.Thread(target=self._run, name="calo-export", daemon=True)
         # What the last export did, for /metrics. Written by the export thread only;
         # readers on other threads see whole values (plain attribute stores).
@@ -73,6 +75,10 @@ class JsonExporter:
         self.last_ok: bool | None = None
 
     def start(self) -> None:
+        try:  # SQLite made it already; with PostgreSQL the data dir holds only the export
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot create the data dir for %s: %s", self.path, exc.strerror)
         self._changed.set()  # one export at start-up, so the file exists and is current
         self._thread.start()
 
@@ -87,10 +93,12 @@ class JsonExporter:
         self._thread.join()
 
     def _run(self) -> None:
-        reader = self._database.reader()
+        reader = self._storage.export_reader()
         try:
             while True:
-                self._changed.wait()
+                # An export skipped because another server ran upkeep is owed: look again
+                # each interval, so this server writes it soon after it takes upkeep over.
+                self._changed.wait(self._interval if self._owed else None)
                 self._changed.clear()
                 self._export_logged(reader)
                 if self._stopping.is_set():
@@ -106,16 +114,19 @@ class JsonExporter:
         so that exporting takes at most 1/(PACING + 1) of the time (and of the GIL)."""
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
-    def _export_logged(self, reader: Reader) -> None:
+    def _export_logged(self, reader: ExportReader) -> None:
+        self._owed = not self._storage.runs_upkeep
+        if self._owed:
+            return  # another server sharing the database writes the export now
         started, ok = now_ms(), False
         try:
             self.export(reader)
             ok = True
-        except OSError as exc:  # e.g. a full disk: keep serving, try again on the next change
+        except (OSError, StoreError) as exc:  # a full disk, a database away: try again on the next change
             log.error("JSON export to %s failed: %s", self.path, exc)
         self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
 
-    def export(self, reader: Reader) -> int:
+    def export(self, reader: ExportReader) -> int:
         """Write every job to `jobs.json`; returns how many."""
         count = 0
 

@@ -19,7 +19,9 @@ but never makes the server unready: jobs wait for Unsplash by design, and a rest
 cannot mend it.
 
 Threads: IOLoop thread only. The database check awaits the writer with a timeout; the
-other checks read in-memory state and one indexed row.
+other checks read in-memory state and a snapshot of the job counts and of the pending job
+due first, which `refresh` (awaited by /readyz and /metrics, and run every second for
+systemd's synchronous STATUS and watchdog) reads from the storage.
 Must never: block the IOLoop or show a secret.
 """
 
@@ -33,28 +35,30 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
+from tornado.ioloop import PeriodicCallback
 
 from calo.clock import iso_utc, now_ms
 from calo.errors import JSON_TYPE, JsonErrors
 from calo.jobs import FAILED, PENDING, RESOLVED
-from calo.store import Reader, StoreError, WriteRequests
+from calo.storage.base import StoreError
 
 if TYPE_CHECKING:
     from calo.scheduler import Scheduler
+    from calo.storage.base import Storage
     from calo.throttle import UpstreamGate
 
 log = logging.getLogger("calo.health")
 
 WRITE_CHECK_SECONDS = 2.0
 REQUIRED = ("database", "recovery", "scheduler")
+REFRESH_EVERY_SECONDS = 1.0
 
 
 class Health:
     def __init__(
         self,
         *,
-        reader: Reader,
-        writer: WriteRequests,
+        storage: Storage,
         scheduler: Scheduler,
         gate: UpstreamGate,
         demo: bool,
@@ -62,8 +66,10 @@ class Health:
         stuck_after: float,
         clock: Callable[[], int] = now_ms,
     ):
-        self._reader = reader
-        self._writer = writer
+        self._storage = storage
+        self.counts: dict[str, int] = {}  # jobs by status, as of the last refresh
+        self._oldest_pending: tuple[str, int] | None = None
+        self._refresher = PeriodicCallback(self._refresh_quietly, REFRESH_EVERY_SECONDS * 1000)
         self._scheduler = scheduler
         self._gate = gate
         self._demo = demo
@@ -74,8 +80,26 @@ class Health:
         self._stuck = False
         self.shutting_down = False
 
+    def start(self) -> None:
+        self._refresher.start()
+
+    def stop(self) -> None:
+        self._refresher.stop()
+
+    async def refresh(self) -> None:
+        """Read the job counts and the pending job due first. Raises StoreError."""
+        self.counts = await self._storage.count_by_status()
+        self._oldest_pending = await self._storage.oldest_pending()
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except StoreError:
+            pass  # the database check says so; the snapshot stays as it was
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, the /readyz body)."""
+        await self._refresh_quietly()
         checks = {
             "database": await self.database(),
             "recovery": {"ok": True, **self._recovery},
@@ -89,14 +113,15 @@ class Health:
         """Does an (empty) write transaction commit in time?"""
         started = time.monotonic()
         # shield: on a timeout the ping stays queued and completes later, unobserved.
-        ping = asyncio.shield(self._writer.ping())
+        ping = asyncio.shield(self._storage.ping())
+        facts = self._storage.describe()
         try:
             await asyncio.wait_for(ping, WRITE_CHECK_SECONDS)
         except TimeoutError:
-            return {"ok": False, "error": f"no write committed within {WRITE_CHECK_SECONDS:g} s"}
+            return {"ok": False, "error": f"no write committed within {WRITE_CHECK_SECONDS:g} s", **facts}
         except StoreError as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": True, "write_ms": round((time.monotonic() - started) * 1000, 1)}
+            return {"ok": False, "error": str(exc), **facts}
+        return {"ok": True, "write_ms": round((time.monotonic() - started) * 1000, 1), **facts}
 
     def scheduler(self) -> dict[str, Any]:
         """Is the pending job due first being served? Logs when the answer changes."""
@@ -105,7 +130,7 @@ class Health:
             "ok": True, "next_due_at": iso_utc(self._scheduler.next_due_at()),
             "oldest_overdue": None, **self._scheduler.stats(),
         }
-        oldest = self._reader.oldest_pending()
+        oldest = self._oldest_pending
         if oldest is not None and oldest[1] <= now:
             job_id, due_at = oldest
             runnable_since = self._runnable_since(due_at, now)
@@ -157,7 +182,7 @@ class Health:
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=."""
-        counts = self._reader.count_by_status()
+        counts = self.counts
         jobs = " ".join(f"{status}={counts.get(status, 0)}" for status in (PENDING, RESOLVED, FAILED))
         return f"{jobs} upstream={self.upstream()['state']}"
 

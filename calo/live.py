@@ -16,10 +16,11 @@ Owns the WebSocket protocol (README "Live updates"):
   reading the payload).
 
 How replay meets live without a gap: a socket registers with the hub BEFORE it reads the
-backlog. While it replays it ignores live events (they are committed before they are
-published, so its next read of the log finds them); the last read and the switch to
-live happen in one IOLoop callback, and from then on only events with a seq above the
-socket's cursor are sent.
+latest seq and the backlog. Until the hello and the backlog are sent it holds the live
+events it is given (reads are asynchronous: an event may be published while a read is on
+its way, and not be in what the read returns); then, in one IOLoop callback, it sends
+the held ones above its cursor and goes live. From then on only events with a seq above
+the socket's cursor are sent.
 
 Threads: IOLoop thread only. Committed events reach `Hub.publish` on the IOLoop (the app's
 `_on_commit`). Reads of the event log go through the JobService's reader.
@@ -42,10 +43,11 @@ from tornado.ioloop import IOLoop
 from calo.access import SUBPROTOCOL, AccessPolicy, bearer_from_subprotocols
 from calo.errors import ApiError, JsonErrors
 from calo.params import query_argument, whole_number
+from calo.storage.base import StoreError
 
 if TYPE_CHECKING:
     from calo.service import JobService
-    from calo.store import Event
+    from calo.storage.base import Event
 
 log = logging.getLogger("calo.live")
 
@@ -150,7 +152,8 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
         self.hub = hub
         self.access = access
         self.cursor = 0  # highest seq this client has been sent (or told about)
-        self.replaying = False
+        self.replaying = True  # until the hello and any backlog are sent: hold live events
+        self.held: list[Event] = []
         self.buffered_bytes = 0
 
     def check_origin(self, origin: str) -> bool:
@@ -207,28 +210,40 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
 
     async def open(self) -> None:
         self.hub.add(self)
-        latest = self.service.latest_seq()
-        self.cursor = latest
-        self._send(f'{{"type":"hello","seq":{latest}}}')
-        if self.since is None or self.since == latest:
+        try:
+            latest = await self.service.latest_seq()
+            self.cursor = latest
+            self._send(f'{{"type":"hello","seq":{latest}}}')
+            if self.since is not None and self.since != latest:
+                if await self.service.replay_start(self.since):
+                    self.cursor = self.since
+                    await self._replay()
+                else:
+                    self._send(f'{{"type":"reset","seq":{latest}}}')
+        except StoreError as exc:
+            log.warning("closing a WebSocket client: the event log cannot be read (%s)", exc)
+            self.hub.remove(self)
+            self.close(1011, "the event log cannot be read; reconnect with since=")
             return
-        if not self.service.replay_start(self.since):
-            self._send(f'{{"type":"reset","seq":{latest}}}')
-            return
-        self.cursor, self.replaying = self.since, True
-        await self._replay()
+        self._go_live()
+
+    def _go_live(self) -> None:
+        """Send the held live events the client has not had, then deliver directly."""
+        held, self.held, self.replaying = self.held, [], False
+        fresh = [event for event in held if event.seq > self.cursor]
+        if fresh:
+            self._send(encode_events([encode_event(event) for event in fresh]))
+            self.cursor = fresh[-1].seq
 
     async def _replay(self) -> None:
+        """Send every event after the cursor, REPLAY_CHUNK at a time, paced by the client."""
         while self.ws_connection is not None:
-            events = self.service.events_after(self.cursor, REPLAY_CHUNK)
+            events = await self.service.events_after(self.cursor, REPLAY_CHUNK)
             sent = None
             if events:
                 sent = self._send(encode_events([encode_event(e) for e in events]))
                 self.cursor = events[-1].seq
-            if len(events) < REPLAY_CHUNK:
-                self.replaying = False  # same callback as the last read: no gap
-                return
-            if sent is None:
+            if len(events) < REPLAY_CHUNK or sent is None:
                 return
             try:
                 await sent  # pace the replay by the client's reading speed
@@ -238,7 +253,10 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
     def deliver(self, batch: _Batch) -> int:
         """Send the events this client has not had; returns how many were sent."""
         events = batch.events
-        if self.replaying or not events or events[-1].seq <= self.cursor:
+        if self.replaying:
+            self.held.extend(events)
+            return 0
+        if not events or events[-1].seq <= self.cursor:
             return 0
         if events[0].seq > self.cursor:  # the usual case: all of it, as already encoded
             text, count = batch.message, len(events)

@@ -32,17 +32,17 @@ from tornado.ioloop import IOLoop
 
 from calo.health import Health, OpsHandler
 from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLVED, RETRIED, STATUSES
+from calo.storage.base import StoreError
 from calo.unsplash import Fetched, UpstreamError
 
 if TYPE_CHECKING:
     from calo.export import JsonExporter
     from calo.live import Hub
     from calo.scheduler import Scheduler
-    from calo.store import Event, Reader
+    from calo.storage.base import Event, Storage
     from calo.throttle import UpstreamGate
     from calo.unsplash import PhotoSource
     from calo.upkeep import Upkeep
-    from calo.writer_process import WriterProcess
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -154,12 +154,12 @@ class LiveCollector:
     """Reads the running parts when Prometheus scrapes. IOLoop thread only."""
 
     def __init__(
-        self, *, reader: Reader, scheduler: Scheduler, source: MeteredSource, gate: UpstreamGate,
-        health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter, writer: WriterProcess,
+        self, *, scheduler: Scheduler, source: MeteredSource, gate: UpstreamGate,
+        health: Health, hub: Hub, upkeep: Upkeep, exporter: JsonExporter, storage: Storage,
     ):
-        self._reader, self._scheduler, self._source, self._gate = reader, scheduler, source, gate
+        self._scheduler, self._source, self._gate = scheduler, source, gate
         self._health, self._hub, self._upkeep, self._exporter = health, hub, upkeep, exporter
-        self._writer = writer
+        self._storage = storage
 
     def collect(self) -> Iterator[Metric]:
         yield self._jobs()
@@ -169,12 +169,13 @@ class LiveCollector:
         yield CounterMetricFamily("calo_websocket_events_sent", "Job events sent to WebSocket clients",
                                   value=self._hub.events_sent)
         yield from self._upkeep_runs()
-        yield GaugeMetricFamily("calo_writer_up", "1 while the SQLite writer process takes writes, 0 once it died "
-                                "(the server then exits for systemd to restart it)",
-                                value=0 if self._writer.failure else 1)
+        yield GaugeMetricFamily("calo_writer_up", "1 while writes reach the database, 0 while they fail (SQLite: "
+                                "its writer process died, and the server exits for systemd to restart it; "
+                                "PostgreSQL: it is unreachable, and the server reconnects by itself)",
+                                value=0 if self._storage.write_failure else 1)
 
     def _jobs(self) -> Metric:
-        counts = self._reader.count_by_status()
+        counts = self._health.counts  # refreshed by the handler just before
         family = GaugeMetricFamily("calo_jobs", "Jobs in the database by status", labels=["status"])
         for status in STATUSES:
             family.add_metric([status], counts.get(status, 0))
@@ -239,9 +240,14 @@ class LiveCollector:
 class MetricsHandler(OpsHandler):
     """GET /metrics -> 200, the Prometheus text exposition format."""
 
-    def initialize(self, metrics: Metrics) -> None:
+    def initialize(self, metrics: Metrics, health: Health) -> None:
         self.metrics = metrics
+        self.health = health
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        try:
+            await self.health.refresh()  # the job counts and the oldest pending job
+        except StoreError:
+            pass  # the last known counts; /readyz says what is wrong
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(self.metrics.render())

@@ -32,10 +32,11 @@ from tornado.ioloop import IOLoop
 
 from calo.clock import iso_utc, now_ms
 from calo.jobs import PENDING, Outcome
-from calo.store import NotStored, StoreError, WriteRequests
+from calo.storage.base import NotStored, StoreError
 from calo.unsplash import PhotoSource, RateLimited, TransientError, UpstreamError
 
 if TYPE_CHECKING:
+    from calo.storage.base import OutcomeWriter
     from calo.throttle import UpstreamGate
 
 log = logging.getLogger("calo.scheduler")
@@ -50,7 +51,7 @@ class Scheduler:
         self,
         *,
         source: PhotoSource,
-        writer: WriteRequests,
+        writer: OutcomeWriter,
         pool: concurrent.futures.Executor,
         gate: UpstreamGate,
         batch: int,
@@ -110,6 +111,11 @@ class Scheduler:
                         heapq.heapify(self._heap)
                     return due_at
         return None
+
+    def held_ids(self) -> set[str]:
+        """Ids of the jobs this schedule holds (waiting or due), so that a caller handing
+        it jobs it may already hold (taken over, re-read after a reconnect) adds none twice."""
+        return {job_id for _, job_id in self._heap} | {job_id for _, job_id in self._ready}
 
     def stats(self) -> dict[str, int]:
         return {

@@ -3,9 +3,9 @@
 Owns creating a job (draw its delay, commit it, schedule it) and the read queries the
 handlers and the WebSocket need. Handlers call this, never the store or the scheduler.
 
-Threads: IOLoop thread only. Reads use the IOLoop's own read connection (indexed, bounded
-queries on a local file: no network, no fsync); writes go to the writer process and are
-awaited, so the IOLoop never waits on a commit.
+Threads: IOLoop thread only. Reads and writes are coroutines of the storage (calo.storage):
+indexed, bounded queries on a local file, or asynchronous ones on PostgreSQL; writes are
+awaited, so the IOLoop never waits on a commit or on the network.
 
 Must never: format HTTP responses or know about request handlers.
 """
@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from calo.clock import iso_utc, now_ms
 from calo.jobs import PENDING, Job, draw_delay
-from calo.store import CreateResult, Event, NotCancellable, NotRetryable, Reader, StoreError, WriteRequests, WrongStatus
+from calo.storage.base import CreateResult, Event, NotCancellable, NotRetryable, StoreError, WrongStatus
 
 if TYPE_CHECKING:
     from calo.scheduler import Scheduler
+    from calo.storage.base import Storage
 
 __all__ = ["JobService", "NotCancellable", "NotRetryable", "Overloaded", "Resolving", "StoreError", "WrongStatus"]
 
@@ -41,16 +42,14 @@ class JobService:
     def __init__(
         self,
         *,
-        reader: Reader,
-        writer: WriteRequests,
+        storage: Storage,
         scheduler: Scheduler,
         delays: tuple[float, float, float],
         max_pending: int,
         rng: random.Random | None = None,
     ):
         self._max_pending = max_pending
-        self._reader = reader
-        self._writer = writer
+        self._storage = storage
         self._scheduler = scheduler
         self._delays = delays
         self._rng = rng or random.Random()
@@ -59,14 +58,14 @@ class JobService:
         """Commit a new pending job durably, then schedule it. With a key used before,
         return that job instead and create nothing. Raises Overloaded when too many jobs
         are pending (a repeated key still gets its job: that creates nothing)."""
-        if self._scheduler.pending_count() >= self._max_pending:
-            earlier = self._reader.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+        if await self._storage.pending_count() >= self._max_pending:
+            earlier = await self._storage.job_by_idempotency_key(idempotency_key) if idempotency_key else None
             if earlier is not None:
                 return CreateResult(*earlier, created=False)
             raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())
-        result = await self._writer.create_job(job, idempotency_key)
+        result = await self._storage.create_job(job, idempotency_key)
         if result.created:
             self._scheduler.add(job.id, job.due_at)
         return result
@@ -74,7 +73,7 @@ class JobService:
     async def retry_job(self, job_id: str) -> str | None:
         """Put a failed job back to pending, due now; its new document, or None if there
         is no such job. Raises NotRetryable if it is not failed."""
-        job_json = await self._writer.retry_job(job_id, now_ms())
+        job_json = await self._storage.retry_job(job_id, now_ms())
         if job_json is not None:
             job = Job.from_json(job_json)
             self._scheduler.add(job.id, job.due_at)
@@ -85,18 +84,21 @@ class JobService:
         the change is committed with its `job.cancelled` event. Its new document, or None
         if there is no such job. Raises NotCancellable if it is not pending, Resolving if
         its outcome is already being recorded, StoreError if nothing could be committed
-        (then the job stays scheduled as it was)."""
+        (then the job stays scheduled as it was). With a shared database another server
+        may hold the job: the database decides (a job still pending there is cancelled,
+        and the outcome its server records later is refused)."""
         due_at = self._scheduler.withdraw(job_id)
-        if due_at is None:
-            doc = self._reader.job(job_id)
+        if due_at is None and not self._storage.shared:
+            doc = await self._storage.job(job_id)
             if doc is None:
                 return None
             status = json.loads(doc)["status"]
             raise Resolving() if status == PENDING else NotCancellable(status)
         try:
-            return await self._writer.cancel_job(job_id, now_ms())
+            return await self._storage.cancel_job(job_id, now_ms())
         except StoreError:
-            self._scheduler.add(job_id, due_at)
+            if due_at is not None:
+                self._scheduler.add(job_id, due_at)
             raise
 
     async def retry_failed(self) -> int:
@@ -105,7 +107,7 @@ class JobService:
         be committed (the batches before it stay retried and scheduled)."""
         at, after, retried = now_ms(), 0, 0
         while True:
-            batch = await self._writer.retry_failed(after, BULK_RETRY_BATCH, at)
+            batch = await self._storage.retry_failed(after, BULK_RETRY_BATCH, at)
             for job_id in batch.job_ids:
                 self._scheduler.add(job_id, at)
             retried += len(batch.job_ids)
@@ -113,34 +115,34 @@ class JobService:
             if batch.done:
                 return retried
 
-    def job_events(self, job_id: str, after: int, limit: int) -> list[str] | None:
+    async def job_events(self, job_id: str, after: int, limit: int) -> list[str] | None:
         """Up to `limit` of the job's retained events after seq `after`, oldest first, each
         as its JSON text {"seq", "type", "at", "job"}; None if there is no such job."""
-        if self._reader.job(job_id) is None:
+        if await self._storage.job(job_id) is None:
             return None
         return [
             f'{{"seq":{seq},"type":{json.dumps(kind)},"at":"{iso_utc(at)}","job":{doc}}}'
-            for seq, kind, at, doc in self._reader.job_events(job_id, after, limit)
+            for seq, kind, at, doc in await self._storage.job_events(job_id, after, limit)
         ]
 
-    def job_json(self, job_id: str) -> str | None:
-        return self._reader.job(job_id)
+    async def job_json(self, job_id: str) -> str | None:
+        return await self._storage.job(job_id)
 
-    def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
-        return self._reader.jobs_page(status, limit, before)
+    async def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
+        return await self._storage.jobs_page(status, limit, before)
 
-    def latest_seq(self) -> int:
-        return self._reader.latest_seq()
+    async def latest_seq(self) -> int:
+        return await self._storage.latest_seq()
 
-    def replay_start(self, since: int) -> bool:
+    async def replay_start(self, since: int) -> bool:
         """Are all events after `since` still retained (so a replay has no hole)?"""
-        latest = self._reader.latest_seq()
-        oldest = self._reader.oldest_seq()
+        latest = await self._storage.latest_seq()
+        oldest = await self._storage.oldest_seq()
         first_kept = latest + 1 if oldest is None else oldest
         return first_kept - 1 <= since <= latest
 
-    def events_after(self, seq: int, limit: int) -> list[Event]:
-        return self._reader.events_after(seq, limit)
+    async def events_after(self, seq: int, limit: int) -> list[Event]:
+        return await self._storage.events_after(seq, limit)
 
-    def counts(self) -> dict[str, int]:
-        return self._reader.count_by_status()
+    async def counts(self) -> dict[str, int]:
+        return await self._storage.count_by_status()

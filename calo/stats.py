@@ -5,9 +5,10 @@ created, resolved, failed, cancelled and retried per minute, and how late jobs r
 (`resolved_at - due_at`: count, p50, p99 and max per minute, the quantiles from a uniform
 sample of at most `SAMPLES` resolutions per minute). It is fed from the writer's commits
 (`observe`, like the metrics), and seeded at start-up from the event log of the last hour,
-so a restart does not empty the charts. The seed is read on a short-lived thread of its
-own with its own read connection (SQLite counts and samples; Python sees a few thousand
-rows at most) and merged on the IOLoop.
+so a restart does not empty the charts. The seed is read by the storage off the IOLoop
+(`Storage.activity_since`: the database counts and samples; Python sees a few thousand
+rows at most) and merged on the IOLoop. With a shared database it is fed every server's
+events (the app's `_on_events`), so every server's dashboard shows them all.
 
 `StatsReport.document()` is the body of `GET /stats`:
 {"at", "seq", "total", "counts": {status: n}, "upstream": {...as /readyz shows it},
@@ -15,9 +16,7 @@ rows at most) and merged on the IOLoop.
               "lateness": null | {"count", "p50_ms", "p99_ms", "max_ms"}}, ... 60 of them,
               oldest first, the last one the current minute]}
 
-Threads: `observe`, `minutes` and the seed's merge run on the IOLoop thread only; the seed's
-read runs on its own thread and crosses back with `IOLoop.add_callback` (the one thread-safe
-IOLoop method).
+Threads: IOLoop thread only; the seed's read is a coroutine of the storage.
 Must never: block the IOLoop, or count an event twice: the seed reads only events up to the
 seq the server started at, and every later commit is observed live.
 """
@@ -27,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +37,7 @@ from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, RESOLV
 if TYPE_CHECKING:
     from calo.health import Health
     from calo.service import JobService
-    from calo.store import Activity as StoredActivity
-    from calo.store import Database, Event
+    from calo.storage.base import Event, Storage, StoredActivity
 
 log = logging.getLogger("calo.stats")
 
@@ -132,29 +129,21 @@ class Activity:
 
     # -- the seed from the event log ------------------------------------------------------------
 
-    def seed(self, database: Database, up_to_seq: int) -> None:
+    def seed(self, storage: Storage, up_to_seq: int) -> None:
         """Read the last hour of the event log (events up to `up_to_seq`, the latest when
-        the server started) on a thread of its own, then add it in on the IOLoop. Call on
-        the IOLoop thread, before anything is committed."""
-        loop = IOLoop.current()
+        the server started) in the background, then add it in. Call on the IOLoop thread,
+        before anything is committed."""
         since = self._clock() // MINUTE_MS * MINUTE_MS - (WINDOW_MINUTES - 1) * MINUTE_MS
 
-        def read() -> None:
+        async def read() -> None:
             try:
-                reader = database.reader()
-                try:
-                    rows = reader.activity_since(since, up_to_seq, SAMPLES)
-                finally:
-                    reader.close()
+                rows = await storage.activity_since(since, up_to_seq, SAMPLES)
             except Exception as exc:  # the charts start empty; the server is fine
                 log.warning("could not read the last hour of events for the dashboard: %s", exc)
                 return
-            try:
-                loop.add_callback(self._merge, rows)
-            except RuntimeError:  # the server stopped meanwhile
-                pass
+            self._merge(rows)
 
-        threading.Thread(target=read, name="calo-stats-seed", daemon=True).start()
+        IOLoop.current().add_callback(read)
 
     def _merge(self, activity: StoredActivity) -> None:
         for start, sampled_late in activity.samples:
@@ -181,11 +170,12 @@ class StatsReport:
         self._activity = activity
         self._health = health
 
-    def document(self) -> dict[str, Any]:
-        counts = self._service.counts()
+    async def document(self) -> dict[str, Any]:
+        """Raises StoreError when the counts cannot be read."""
+        counts = await self._service.counts()
         by_status = {status: counts.get(status, 0) for status in STATUSES}
         return {
-            "at": iso_utc(now_ms()), "seq": self._service.latest_seq(),
+            "at": iso_utc(now_ms()), "seq": await self._service.latest_seq(),
             "total": sum(by_status.values()), "counts": by_status,
             "upstream": self._health.upstream(), "minutes": self._activity.minutes(),
         }

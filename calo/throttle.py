@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
 from calo.clock import iso_utc
@@ -39,6 +40,7 @@ class UpstreamState(TypedDict):
 class UpstreamGate:
     def __init__(self, workers: int, rate_limit_pause_ms: int = RATE_LIMIT_PAUSE_MS, rng: random.Random | None = None):
         self._workers = workers
+        self.on_rate_limited: Callable[[int], None] = lambda until: None  # e.g. tell the other servers
         self._rate_limit_pause_ms = rate_limit_pause_ms
         self._rng = rng or random.Random()
         self.failures = 0  # consecutive failed calls
@@ -88,8 +90,17 @@ class UpstreamGate:
         self.open_at = max(self.open_at, now + backoff)
         return backoff
 
+    def pause_until(self, until: int) -> None:
+        """Another server found the budget spent: no call before `until` (ms)."""
+        if until > self.rate_limited_until:
+            self.rate_remaining = 0
+            self.rate_limited_until = until
+            log.warning("upstream rate limited until %s (found by another server)", iso_utc(until))
+            self.open_at = max(self.open_at, until)
+
     def rate_limited(self, now: int) -> None:
         self.rate_remaining = 0
         self.rate_limited_until = now + self._rate_limit_pause_ms
         log.warning("upstream rate limited until %s", iso_utc(self.rate_limited_until))
         self.open_at = max(self.open_at, self.rate_limited_until)
+        self.on_rate_limited(self.rate_limited_until)

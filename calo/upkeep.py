@@ -2,8 +2,8 @@
 
 Owns the schedule of housekeeping, so that a server needs no cron:
 - `prune_events`: delete events older than `--event-retention`;
-- `checkpoint_wal`: copy the WAL into `calo.db` and truncate it (SQLite's own automatic
-  checkpoints never shrink the file after a burst of writes);
+- `checkpoint_wal` (SQLite only): copy the WAL into `calo.db` and truncate it (SQLite's
+  own automatic checkpoints never shrink the file after a burst of writes);
 - `retain_jobs` (only with `--retain-days`): delete resolved and failed jobs settled more
   than that many days ago, in bounded batches, so other writes never wait long.
 Each task only submits work to the writer thread and records when it ran, how long it
@@ -25,7 +25,7 @@ from tornado.ioloop import PeriodicCallback
 from calo.clock import now_ms
 
 if TYPE_CHECKING:
-    from calo.store import WriteRequests
+    from calo.storage.base import Storage
 
 log = logging.getLogger("calo.upkeep")
 
@@ -39,9 +39,11 @@ RETAIN_MAX_BATCHES = 200  # per run; a bigger backlog is finished by the next ru
 class Task:
     """One periodic task and what is known of its last run."""
 
-    def __init__(self, name: str, every_seconds: float, run: Callable[[], Awaitable[object]]):
+    def __init__(self, name: str, every_seconds: float, run: Callable[[], Awaitable[object]],
+                 may_run: Callable[[], bool] = lambda: True):
         self.name = name
         self._run = run
+        self._may_run = may_run  # False: another server runs it now
         self._running = False
         self.last_run_at: int | None = None
         self.last_duration: float | None = None
@@ -56,7 +58,7 @@ class Task:
         self._callback.stop()
 
     async def trigger(self) -> None:
-        if self._running:
+        if self._running or not self._may_run():
             return
         self._running, started, clock, ok = True, now_ms(), time.monotonic(), False
         try:
@@ -80,7 +82,7 @@ class Upkeep:
 
     def __init__(
         self,
-        writer: WriteRequests,
+        writer: Storage,
         event_retention_seconds: float,
         *,
         retain_days: float | None = None,
@@ -92,13 +94,17 @@ class Upkeep:
         self._retain_ms = None if retain_days is None else int(retain_days * 86_400_000)
         self._on_jobs_deleted = on_jobs_deleted  # e.g. refresh jobs.json: deleting adds no event
         self._stopped = False
+        def leader() -> bool:  # with a shared database, one server at a time runs upkeep
+            return writer.runs_upkeep
+
         self.tasks = [
-            Task("prune_events", _every(prune_every, event_retention_seconds), self.prune_events),
-            Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal),
+            Task("prune_events", _every(prune_every, event_retention_seconds), self.prune_events, leader),
         ]
+        if writer.wal_checkpoint:
+            self.tasks.append(Task("checkpoint_wal", CHECKPOINT_EVERY_SECONDS, self.checkpoint_wal))
         if self._retain_ms is not None:
             every = _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000)
-            self.tasks.append(Task("retain_jobs", every, self.retain_jobs))
+            self.tasks.append(Task("retain_jobs", every, self.retain_jobs, leader))
 
     def task(self, name: str) -> Task:
         return next(task for task in self.tasks if task.name == name)

@@ -153,8 +153,9 @@ export class StatusStrip {
           { label: 'resolved', stroke: cssVar('--resolved-accent'), width: 2, points: { show: false } },
         ]), [xs, created, resolved], this.activityBox),
         new uPlot(chartOptions(width, [
-          { label: 'p50', stroke: cssVar('--ring'), width: 2, points: { show: false }, spanGaps: false },
-          { label: 'p99', stroke: cssVar('--failed-accent'), width: 2, points: { show: false }, spanGaps: false },
+          // Points too: a minute with resolutions between two without is a lone value, not a line.
+          { label: 'p50', stroke: cssVar('--ring'), width: 2, points: { show: true, size: 5 }, spanGaps: false },
+          { label: 'p99', stroke: cssVar('--failed-accent'), width: 2, points: { show: true, size: 5 }, spanGaps: false },
         ], 'ms'), [xs, p50, p99], this.latenessBox),
       ];
       this.root.dataset.ready = 'true';

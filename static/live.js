@@ -10,13 +10,19 @@
 //     Jobs are upserted by id and never regress, so the overlap is harmless;
 //   * de-duplication: events with seq <= lastSeq are ignored; a message may be
 //     one event object or a JSON array of them;
-//   * the connection state shown to the user: live | reconnecting | offline.
+//   * the connection state shown to the user: live | reconnecting | offline;
+//   * a heartbeat: while live, {"type":"ping"} every 20 s; a connection that
+//     sends nothing at all (no pong, no event) within 10 s is dropped and
+//     replaced, so a silently dead network shows as "reconnecting" in
+//     seconds instead of after TCP's minutes.
 
 import { webSocketProtocols } from './auth.js';
 import { backoffDelay, writeJSON } from './util.js';
 
 const SEQ_KEY = 'calo.lastSeq';
 const HELLO_TIMEOUT_MS = 10_000;
+const PING_EVERY_MS = 20_000;
+const PONG_WITHIN_MS = 10_000;
 
 export class LiveSync {
   /**
@@ -55,6 +61,8 @@ export class LiveSync {
     this.state = null;
     this.started = false;
     this.seqWriteTimer = null;
+    this.pingTimer = null;
+    this.pongTimer = null;
   }
 
   start() {
@@ -112,7 +120,11 @@ export class LiveSync {
       return;
     }
     this.ws = ws;
-    ws.onmessage = (ev) => { if (this.ws === ws) this.onMessage(ev.data); };
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      clearTimeout(this.pongTimer); // anything the server sends proves the connection
+      this.onMessage(ev.data);
+    };
     ws.onclose = () => {
       if (this.ws !== ws) return;
       this.ws = null;
@@ -169,6 +181,18 @@ export class LiveSync {
     this.updateState();
   }
 
+  /** While live: ask the server for a sign of life now and then (it answers pong). */
+  heartbeat() {
+    clearInterval(this.pingTimer);
+    this.pingTimer = setInterval(() => {
+      const ws = this.ws;
+      if (!ws || !this.isLive) return;
+      try { ws.send('{"type":"ping"}'); } catch { return; }
+      clearTimeout(this.pongTimer);
+      this.pongTimer = setTimeout(() => { if (this.ws === ws) this.drop('no pong'); }, PONG_WITHIN_MS);
+    }, PING_EVERY_MS);
+  }
+
   onMessage(text) {
     let msg;
     try { msg = JSON.parse(text); } catch { return; }
@@ -183,6 +207,7 @@ export class LiveSync {
     const seq = Number(m.seq);
     if (type === 'hello') {
       this.helloed = true;
+      this.heartbeat();
       this.attempt = 0;
       clearTimeout(this.helloTimer);
       this.updateState();

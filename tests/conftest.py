@@ -16,7 +16,8 @@ from calo.app import Calo
 from calo.config import Settings, parse_settings
 from tests.e2e_helpers import DESKTOP, MISSING_CHROMIUM, Seen, chromium_missing, launch_chromium
 from tests.fake_unsplash import FakeUnsplash
-from tests.helpers import FAST_DELAYS, ServerProcess, server_environ
+from tests.helpers import FAST_DELAYS, ServerProcess, close_db, server_environ
+from tests.postgres import ThrowawayPostgres
 
 if TYPE_CHECKING:
     import tornado.web
@@ -26,6 +27,24 @@ if TYPE_CHECKING:
 def fake_unsplash() -> Iterator[FakeUnsplash]:
     with FakeUnsplash() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[ThrowawayPostgres]:
+    """One throwaway PostgreSQL for the whole run, started on first use (tests/postgres.py).
+    A missing PostgreSQL fails the tests that need it; it never skips them."""
+    cluster = ThrowawayPostgres()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def database_url(postgres_cluster) -> str:
+    """A fresh, empty PostgreSQL database for this test; its URL."""
+    return postgres_cluster.new_database()
 
 
 @pytest.fixture
@@ -49,8 +68,9 @@ def settings(request, fake_unsplash, data_dir) -> Settings:
 def running(io_loop, settings) -> Iterator[tuple[Calo, tornado.web.Application]]:
     """Calo Jobs started in the test's IOLoop, and its web application."""
     service = Calo(settings)
-    app = service.start()
+    app = io_loop.run_sync(service.start)
     yield service, app
+    close_db(service)
     io_loop.run_sync(lambda: service.stop(grace_seconds=2))
 
 

@@ -26,6 +26,8 @@ import requests
 from tornado.httpclient import HTTPClientError
 
 from calo.openapi import DOCUMENT
+from calo.storage.sqlite import SqliteStorage
+from calo.store import Reader
 from calo.writer_process import WriterProcess
 
 if TYPE_CHECKING:
@@ -83,9 +85,29 @@ async def create_jobs(calo: Calo, count: int) -> list[str]:
 
 def job(calo: Calo, job_id: str) -> dict[str, Any]:
     """The job's document, as `GET /jobs/{id}` shows it."""
-    doc = calo.service.job_json(job_id)
+    doc = db(calo).job(job_id)
     assert doc is not None, f"no job {job_id}"
     return json.loads(doc)
+
+
+_READERS: dict[str, Reader] = {}
+
+
+def db(calo: Calo) -> Reader:
+    """Synchronous reads of the in-process server's real SQLite file, for assertions (the
+    service's own reads are coroutines). One read-only connection per database, used on
+    the test's IOLoop thread; `close_db` closes it."""
+    storage = calo.storage
+    assert isinstance(storage, SqliteStorage), "an in-process server on SQLite"
+    if storage.path not in _READERS:
+        _READERS[storage.path] = Reader(storage.path)
+    return _READERS[storage.path]
+
+
+def close_db(calo: Calo) -> None:
+    storage = calo.storage
+    if isinstance(storage, SqliteStorage) and storage.path in _READERS:
+        _READERS.pop(storage.path).close()
 
 
 # -- Calo Jobs as a process ----------------------------------------------------------------

@@ -21,11 +21,15 @@ from tests.helpers import (
     call,
     collect_until,
     create,
+    db,
     job_schema,
     next_events,
     poll,
     wait_until,
     writer_pid,
+)
+from tests.helpers import (
+    job as job_doc,
 )
 
 LONG_DELAYS = ("--delay-min", "300", "--delay-max", "300", "--delay-step", "5")
@@ -90,8 +94,8 @@ async def test_a_cancelled_job_is_never_fetched_and_a_resolved_one_cannot_be_can
     job = body(await create(http_client, base_url))
     assert (await post(http_client, base_url, f"/jobs/{job['id']}/cancel")).code == 200
     later = body(await create(http_client, base_url))
-    await wait_until(lambda: calo.service.counts().get("resolved") == 1)  # the later job: due after the first
-    assert json.loads(calo.service.job_json(job["id"]))["status"] == "cancelled"
+    await wait_until(lambda: db(calo).count_by_status().get("resolved") == 1)  # the later job: due after the first
+    assert job_doc(calo, job["id"])["status"] == "cancelled"
     assert fake_unsplash.photo_requests_count == 1  # one photo each: none for the cancelled job
     assert_error(await post(http_client, base_url, f"/jobs/{later['id']}/cancel"), 409, "job_not_pending")
 
@@ -108,7 +112,7 @@ async def test_cancel_while_the_photo_is_being_recorded_is_409_resolving(http_se
         assert_error(await post(http_client, base_url, f"/jobs/{job['id']}/cancel"), 409, "job_resolving")
     finally:
         os.kill(writer_pid(os.getpid()), signal.SIGCONT)
-    await wait_until(lambda: calo.service.counts().get("resolved") == 1)
+    await wait_until(lambda: db(calo).count_by_status().get("resolved") == 1)
 
 
 def test_a_cancelled_job_stays_cancelled_across_a_restart_and_in_the_export(server_process, data_dir):
@@ -134,11 +138,11 @@ async def test_retry_all_failed_in_one_request_keeps_each_jobs_history(
 ):
     fake_unsplash.fail_with(500)
     ids = [body(await create(http_client, base_url))["id"] for _ in range(3)]
-    await wait_until(lambda: calo.service.counts().get("failed") == 3)
+    await wait_until(lambda: db(calo).count_by_status().get("failed") == 3)
     fake_unsplash.clear_faults()
     response = await post(http_client, base_url, "/jobs/retry-failed")
     assert response.code == 200 and body(response) == {"retried": 3}
-    await wait_until(lambda: calo.service.counts().get("resolved") == 3)
+    await wait_until(lambda: db(calo).count_by_status().get("resolved") == 3)
     assert body(await post(http_client, base_url, "/jobs/retry-failed")) == {"retried": 0}
 
     timeline = body(await call(http_client, base_url, f"/jobs/{ids[0]}/events"))
@@ -161,7 +165,7 @@ async def test_retry_failed_walks_every_batch(http_server, http_client, base_url
 
     monkeypatch.setattr(service, "BULK_RETRY_BATCH", 2)
     ids = [body(await create(http_client, base_url))["id"] for _ in range(5)]
-    await wait_until(lambda: calo.service.counts().get("resolved") == 5)
+    await wait_until(lambda: db(calo).count_by_status().get("resolved") == 5)
     assert body(await post(http_client, base_url, "/jobs/retry-failed")) == {"retried": 0}
     assert len(ids) == 5
 
@@ -172,7 +176,7 @@ async def test_retry_failed_walks_every_batch(http_server, http_client, base_url
 @pytest.mark.gen_test
 async def test_timeline_of_a_resolved_job_and_its_lateness(http_server, http_client, base_url, calo):
     job = body(await create(http_client, base_url))
-    await wait_until(lambda: calo.service.counts().get("resolved") == 1)
+    await wait_until(lambda: db(calo).count_by_status().get("resolved") == 1)
     timeline = body(await call(http_client, base_url, f"/jobs/{job['id']}/events"))
     assert [event["type"] for event in timeline] == ["job.created", "job.resolved"]
     assert timeline[0]["job"] == job

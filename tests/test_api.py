@@ -27,7 +27,7 @@ async def test_post_creates_a_pending_job_committed_before_the_answer(http_serve
     assert job["delay_seconds"] in (0.2, 0.4, 0.6)
     # Committed: a fresh connection to the database file sees it at once.
     import sqlite3
-    with sqlite3.connect(calo.database.path) as conn:
+    with sqlite3.connect(calo.storage.path) as conn:
         assert conn.execute("SELECT status FROM jobs WHERE id = ?", (job["id"],)).fetchone() == ("pending",)
 
 

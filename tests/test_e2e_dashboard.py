@@ -374,3 +374,25 @@ def test_a_token_for_writes_only_is_asked_for_when_creating_a_job(server_process
     item = page.get_by_test_id("job-item")
     expect(item).to_have_attribute("data-status", "resolved", timeout=WAIT_MS)
     assert len(api_jobs(server)) == 1  # the press was kept, sent once with the token
+
+
+def test_the_timeline_shows_each_failed_try_and_the_wait_for_the_rate_limit(server_process, fake_unsplash, page):
+    server = server_process(*SHORT, "--unsplash-batch", "1", "--rate-limit-pause", "3")
+    fake_unsplash.fail_with(500, times=2)
+    job = server.post("/jobs").json()["id"]
+    page.goto(f"{server.url}/#/jobs/{job}")
+    timeline = page.get_by_test_id("timeline")
+    expect(timeline.locator("li")).to_have_count(4, timeout=WAIT_MS)
+    assert timeline_types(page) == ["job.created", "job.updated", "job.updated", "job.resolved"]
+    expect(timeline.locator("li").nth(1)).to_contain_text("Try 1 failed")
+    expect(timeline.locator("li").nth(2)).to_contain_text("Try 2 failed")
+    expect(timeline.locator("li").nth(2)).to_contain_text("upstream_unavailable")
+    expect(timeline.locator("li").nth(3)).to_contain_text("on try 3")
+
+    fake_unsplash.reset_rate_limit(0)  # the hour's budget is spent: the job waits, it does not fail
+    waiting = server.post("/jobs").json()["id"]
+    page.goto(f"{server.url}/#/jobs/{waiting}")
+    waited = timeline.locator('li[data-type="job.updated"]').first
+    expect(waited).to_contain_text("Waiting for the rate limit", timeout=WAIT_MS)
+    fake_unsplash.reset_rate_limit(50)
+    expect(timeline.locator('li[data-type="job.resolved"]')).to_have_count(1, timeout=WAIT_MS)

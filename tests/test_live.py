@@ -11,7 +11,16 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from calo.clock import now_ms
-from tests.helpers import collect_until, create_jobs, next_events, poll, raw_websocket_that_never_reads, wait_until
+from tests.helpers import (
+    collect_until,
+    create_jobs,
+    db,
+    job,
+    next_events,
+    poll,
+    raw_websocket_that_never_reads,
+    wait_until,
+)
 
 
 async def connect(port, since=None):
@@ -36,14 +45,14 @@ async def test_live_events_for_creation_and_resolution(http_server, http_port, c
     assert [(e["type"], e["seq"], e["job"]["id"]) for e in events] == [
         ("job.created", 1, job_id), ("job.resolved", 2, job_id)]
     assert events[0]["job"]["status"] == "pending"
-    assert events[1]["job"] == json.loads(calo.service.job_json(job_id))  # as GET /jobs/{id}
+    assert events[1]["job"] == job(calo, job_id)  # as GET /jobs/{id}
     ws.close()
 
 
 @pytest.mark.gen_test
 async def test_replay_since_sends_exactly_the_missed_events_in_order(http_server, http_port, calo):
     ids = await create_jobs(calo, 3)
-    await wait_until(lambda: calo.service.latest_seq() == 6)
+    await wait_until(lambda: db(calo).latest_seq() == 6)
     ws = await connect(http_port, since=2)
     assert (await next_events(ws))[0] == {"type": "hello", "seq": 6}
     events = await collect_until(ws, 6)
@@ -73,8 +82,8 @@ async def test_no_gap_and_no_duplicate_when_events_commit_during_the_replay(http
 @pytest.mark.gen_test
 async def test_reset_when_the_missed_events_were_pruned(http_server, http_port, calo):
     await create_jobs(calo, 2)
-    await wait_until(lambda: calo.service.latest_seq() == 4)
-    await calo.writer.prune_events(now_ms() + 1)
+    await wait_until(lambda: db(calo).latest_seq() == 4)
+    await calo.storage.prune_events(now_ms() + 1)
     ws = await connect(http_port, since=1)
     assert await next_events(ws) == [{"type": "hello", "seq": 4}]
     assert await next_events(ws) == [{"type": "reset", "seq": 4}]
@@ -90,10 +99,10 @@ async def test_reset_when_the_missed_events_were_pruned(http_server, http_port, 
 @pytest.mark.calo_flags("--event-retention", "1")
 async def test_the_server_prunes_old_events_by_itself(http_server, calo):
     await create_jobs(calo, 1)
-    await wait_until(lambda: calo.service.latest_seq() == 2)
+    await wait_until(lambda: db(calo).latest_seq() == 2)
     task = calo.upkeep.tasks[0]  # runs every retention / 2, here every second
-    await wait_until(lambda: calo.service.events_after(0, 10) == [], timeout=6)
-    assert task.last_run_at is not None and calo.service.latest_seq() == 2
+    await wait_until(lambda: db(calo).events_after(0, 10) == [], timeout=6)
+    assert task.last_run_at is not None and db(calo).latest_seq() == 2
 
 
 @pytest.mark.gen_test

@@ -158,18 +158,22 @@ def calo_server_command() -> str:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="scripts/test.sh installs systemd-analyze")
-def test_the_unit_file_passes_systemd_analyze_verify(tmp_path):
-    with open(os.path.join(ROOT, "deploy", "calo.service"), encoding="utf-8") as file:
+@pytest.mark.parametrize(("unit_file", "verified_as"), [
+    ("calo.service", "calo.service"),
+    ("calo@.service", "calo@8001.service"),  # the template, as one of its instances
+])
+def test_the_unit_file_passes_systemd_analyze_verify(tmp_path, unit_file, verified_as):
+    with open(os.path.join(ROOT, "deploy", unit_file), encoding="utf-8") as file:
         unit = file.read()
     assert "ExecStart=/opt/calo/venv/bin/calo-server\n" in unit
-    (tmp_path / "calo.service").write_text(
+    (tmp_path / verified_as).write_text(
         unit.replace("ExecStart=/opt/calo/venv/bin/calo-server", f"ExecStart={calo_server_command()}")
     )
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", "calo.service"],
+        ["systemd-analyze", "verify", "--man=no", verified_as],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
-    about_the_unit = [line for line in (result.stdout + result.stderr).splitlines() if "calo.service" in line]
+    about_the_unit = [line for line in (result.stdout + result.stderr).splitlines() if verified_as in line]
     assert result.returncode == 0 and about_the_unit == [], result.stdout + result.stderr
     for line in unit.splitlines():  # every setting says why it is there (huey's habit)
         if "=" in line and not line.startswith("#") and line.split("=")[0] not in ("Description", "WantedBy"):

@@ -1,9 +1,10 @@
 """When the upstream may be called next: backoff after failures, a pause on rate limits.
 
 Owns the policy that keeps Calo Jobs from hammering Unsplash. After a failure the whole
-upstream backs off (exponential, full jitter, capped), and only one request at a time
-probes it until one succeeds, so the calls per minute stay bounded however many jobs are
-due. When the request budget is spent, every call waits until the window can have reset.
+upstream backs off (exponential, capped, with "equal jitter": each wait is drawn between
+half and all of its step, so servers that failed together do not retry in step), and only
+one request at a time probes it until one succeeds, so the calls per minute stay bounded
+however many jobs are due. When the request budget is spent, every call waits until the window can have reset.
 
 It logs when its state changes (failing, recovered, rate limited), and `state()` says
 what it is now, for `/readyz` and `/metrics`.
@@ -79,8 +80,9 @@ class UpstreamGate:
         if remaining == 0:  # the budget is spent: don't spend a call to learn it
             self.rate_limited(now)
 
-    def failed(self, now: int) -> int:
-        """A transient failure; returns the backoff in ms before the next call."""
+    def failed(self, now: int) -> None:
+        """A transient failure: no call starts for a backoff (`open_at`) that doubles with
+        each failure in a row, from BACKOFF_BASE_MS to BACKOFF_CAP_MS."""
         if not self.failures:
             log.warning("upstream failing since %s", iso_utc(now))
             self.failing_since = now
@@ -88,7 +90,6 @@ class UpstreamGate:
         ceiling = min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** min(self.failures - 1, 20))
         backoff = self._rng.randint(ceiling // 2, ceiling)  # jitter spreads the retries
         self.open_at = max(self.open_at, now + backoff)
-        return backoff
 
     def pause_until(self, until: int) -> None:
         """Another server found the budget spent: no call before `until` (ms)."""

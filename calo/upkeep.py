@@ -48,7 +48,6 @@ class Task:
         self.last_run_at: int | None = None
         self.last_duration: float | None = None
         self.last_ok: bool | None = None
-        self.last_result: object = None
         self._callback = PeriodicCallback(self.trigger, every_seconds * 1000, jitter=0.1)
 
     def start(self) -> None:
@@ -62,7 +61,7 @@ class Task:
             return
         self._running, started, clock, ok = True, now_ms(), time.monotonic(), False
         try:
-            self.last_result = await self._run()
+            await self._run()
             ok = True
         except Exception:  # a failed run is logged and tried again next period
             log.exception("upkeep task %s failed", self.name)
@@ -105,9 +104,6 @@ class Upkeep:
         if self._retain_ms is not None:
             every = _every(RETAIN_EVERY_SECONDS, self._retain_ms / 1000)
             self.tasks.append(Task("retain_jobs", every, self.retain_jobs, leader))
-
-    def task(self, name: str) -> Task:
-        return next(task for task in self.tasks if task.name == name)
 
     def start(self) -> None:
         for task in self.tasks:

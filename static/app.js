@@ -258,12 +258,13 @@ confirmDialog.addEventListener('close', async () => {
 const tokenDialog = $('#token-dialog');
 const authBanner = $('#auth-banner');
 let tokenRejected = false;
+let tokenDeclined = false; // "Not now": the banner's button asks again, 401s no longer do
 
 /** A 401: ask for the token (saying so if the one we sent was refused). */
 onUnauthorized(() => {
   tokenRejected = token() != null;
   authBanner.hidden = false;
-  if (!tokenDialog.open) askToken();
+  if (!tokenDialog.open && !tokenDeclined) askToken();
 });
 
 function askToken() {
@@ -276,7 +277,8 @@ function askToken() {
 tokenDialog.addEventListener('close', () => {
   const value = $('#token-input').value.trim();
   $('#token-input').value = '';
-  if (tokenDialog.returnValue !== 'save' || !value) return;
+  tokenDeclined = tokenDialog.returnValue !== 'save' || !value;
+  if (tokenDeclined) return;
   setToken(value);
   tokenRejected = false;
   authBanner.hidden = true;

@@ -8,7 +8,7 @@
 
 import uPlot from '/static/vendor/uplot/uPlot.esm.js';
 import { getStats } from './api.js';
-import { clockTime, h, msText, parseTime } from './util.js';
+import { clockTime, h, msText, parseTime, zoneName } from './util.js';
 
 const MIN_GAP_MS = 1000; // at most one GET /stats a second, however many events arrive
 const EVERY_MS = 10_000; // the upstream's state changes without a job event
@@ -26,7 +26,8 @@ export class StatsFeed {
 
   start() {
     this.refreshSoon();
-    setInterval(() => this.refreshSoon(), EVERY_MS);
+    setInterval(() => { if (!document.hidden) this.refreshSoon(); }, EVERY_MS);
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) this.refreshSoon(); });
   }
 
   /** Something changed: fetch the numbers again soon (coalesced). */
@@ -100,10 +101,12 @@ export class StatusStrip {
       h('dl', { class: 'tiles' }, tile('total', 'Total'), ...COUNTED.map((s) => tile(s, s[0].toUpperCase() + s.slice(1)))),
       h('div', { class: 'charts' },
         h('figure', { class: 'chart-panel' },
-          h('figcaption', {}, h('span', { class: 'chart-title', text: 'Jobs per minute' }), this.activityLegend),
+          h('figcaption', {}, h('span', { class: 'chart-title' }, 'Jobs per minute ', h('span', { class: 'chart-zone subtle' })),
+            this.activityLegend),
           this.activityBox),
         h('figure', { class: 'chart-panel' },
-          h('figcaption', {}, h('span', { class: 'chart-title', text: 'Lateness after due' }), this.latenessLegend),
+          h('figcaption', {}, h('span', { class: 'chart-title' }, 'Lateness after due ', h('span', { class: 'chart-zone subtle' })),
+            this.latenessLegend),
           this.latenessBox)),
     );
     if ('ResizeObserver' in window) {
@@ -134,6 +137,7 @@ export class StatusStrip {
     const p99 = minutes.map((m) => (m.lateness ? num(m.lateness.p99_ms) : null));
     const sum = (a) => a.reduce((x, y) => x + y, 0);
     const worst = Math.max(0, ...p99.filter((v) => v != null));
+    this.root.querySelectorAll('.chart-zone').forEach((el) => { el.textContent = zoneName(); });
     this.activityLegend.replaceChildren(
       h('span', { class: 'key key-created', text: `created ${sum(created)}` }),
       h('span', { class: 'key key-resolved', text: `resolved ${sum(resolved)}` }));

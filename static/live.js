@@ -1,8 +1,8 @@
 // live.js — owns the WebSocket to /ws and gap-free catch-up:
 //   * connect / reconnect by itself with exponential backoff + full jitter
 //     (base 500 ms, cap 15 s), reset on a successful hello;
-//   * the last applied event seq (memory + sessionStorage), sent back as
-//     ?since=<seq> on every reconnect so the server replays what we missed;
+//   * the last applied event seq (in memory), sent back as ?since=<seq> on
+//     every reconnect so the server replays what we missed;
 //   * snapshots: after a hello on a connection opened WITHOUT since (first
 //     load), after {"type":"reset"}, or when the server's seq went backwards,
 //     take lastSeq = S from that message, buffer every event, GET the first
@@ -17,9 +17,8 @@
 //     seconds instead of after TCP's minutes.
 
 import { webSocketProtocols } from './auth.js';
-import { backoffDelay, writeJSON } from './util.js';
+import { backoffDelay } from './util.js';
 
-const SEQ_KEY = 'calo.lastSeq';
 const HELLO_TIMEOUT_MS = 10_000;
 const PING_EVERY_MS = 20_000;
 const PONG_WITHIN_MS = 10_000;
@@ -39,9 +38,7 @@ export class LiveSync {
     this.onHello = onHello || (() => {});
     this.onSnapshotError = onSnapshotError || (() => {});
 
-    // A reload starts from a fresh snapshot (job state lives in memory), so
-    // the stored seq is not reused as `since` on boot; it is kept up to date
-    // for diagnostics and for tests (sessionStorage "calo.lastSeq").
+    // A reload starts from a fresh snapshot (job state lives in memory).
     this.lastSeq = null;
     this.ws = null;
     this.helloed = false;
@@ -60,7 +57,6 @@ export class LiveSync {
 
     this.state = null;
     this.started = false;
-    this.seqWriteTimer = null;
     this.pingTimer = null;
     this.pongTimer = null;
   }
@@ -80,7 +76,6 @@ export class LiveSync {
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && !this.ws) this.reconnectNow();
     });
-    window.addEventListener('pagehide', () => writeJSON('sessionStorage', SEQ_KEY, this.lastSeq));
     window.addEventListener('pageshow', (e) => {
       if (e.persisted) this.reconnectNow(); // restored from the back/forward cache
     });
@@ -238,14 +233,6 @@ export class LiveSync {
 
   setSeq(seq) {
     this.lastSeq = seq;
-    // Storage writes are synchronous: under a burst, write at most every 250 ms.
-    if (!this.seqWriteTimer) {
-      writeJSON('sessionStorage', SEQ_KEY, seq);
-      this.seqWriteTimer = setTimeout(() => {
-        this.seqWriteTimer = null;
-        writeJSON('sessionStorage', SEQ_KEY, this.lastSeq);
-      }, 250);
-    }
   }
 
   /** "Try again": re-run a failed snapshot now instead of waiting for its timer. */

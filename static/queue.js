@@ -28,7 +28,6 @@ export class CreateQueue {
     this.again = false;
     this.failStreak = 0;
     this.timer = null;
-    this.nextRetryAt = null;
     // Another tab changed the queue: adopt its view (keys are idempotent anyway).
     window.addEventListener('storage', (e) => {
       if (e.key !== STORAGE_KEY) return;
@@ -76,7 +75,6 @@ export class CreateQueue {
     this.flushing = true;
     clearTimeout(this.timer);
     this.timer = null;
-    this.nextRetryAt = null;
     let retryIn = null;
     try {
       for (const entry of [...this.entries]) {
@@ -116,7 +114,6 @@ export class CreateQueue {
       this.again = false;
       this.flush();
     } else if (retryIn != null && this.entries.length) {
-      this.nextRetryAt = Date.now() + retryIn;
       this.timer = setTimeout(() => this.flush(), retryIn);
     }
   }

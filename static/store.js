@@ -51,10 +51,6 @@ export class JobStore {
     for (const fn of this.listeners) fn(change);
   }
 
-  get(id) {
-    return this.jobs.get(id)?.job ?? null;
-  }
-
   entry(id) {
     return this.jobs.get(id) ?? null;
   }

@@ -83,7 +83,6 @@ export function appendAll(el, children) {
 const SVGNS = 'http://www.w3.org/2000/svg';
 // Static icon geometry (24x24, stroked). Never built from API data.
 const ICONS = {
-  plus: ['M12 5v14', 'M5 12h14'],
   clock: ['M12 7v5l3 2', 'circle:12,12,9'],
   check: ['M5 12.5l4.5 4.5L19 7.5'],
   alert: ['M12 8v5', 'M12 16.5v.01', 'M10.3 3.9L2.4 18a2 2 0 0 0 1.7 3h15.8a2 2 0 0 0 1.7-3L13.7 3.9a2 2 0 0 0-3.4 0z'],
@@ -91,7 +90,6 @@ const ICONS = {
   back: ['M15 18l-6-6 6-6'],
   external: ['M14 4h6v6', 'M20 4l-9 9', 'M18 14v5a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1V7a1 1 0 0 1 1-1h5'],
   image: ['rect:3,5,18,14,2', 'M3 16l5-5 4 4 3-3 6 6', 'circle:15.5,9.5,1.5'],
-  copy: ['rect:9,9,11,11,2', 'M5 15V5a1 1 0 0 1 1-1h10'],
   ban: ['circle:12,12,9', 'M5.6 5.6l12.8 12.8'],
   retry: ['M4 12a8 8 0 0 1 13.7-5.7L20 8.6', 'M20 4v4.6h-4.6', 'M20 12a8 8 0 0 1-13.7 5.7L4 15.4', 'M4 20v-4.6h4.6'],
   key: ['circle:8,15,4', 'M10.8 12.2L20 3', 'M16 7l3 3', 'M14 9l2 2'],
@@ -197,6 +195,12 @@ export function fullTime(ms) {
     timeZoneName: 'short', ...zoneOption(),
   });
   return fullFmt.format(ms);
+}
+
+/** The chosen zone's short name: "UTC", "GMT+9", "CET"... */
+export function zoneName() {
+  const parts = new Intl.DateTimeFormat(undefined, { timeZoneName: 'short', ...zoneOption() }).formatToParts(Date.now());
+  return parts.find((p) => p.type === 'timeZoneName')?.value ?? (zone === 'utc' ? 'UTC' : 'local time');
 }
 
 /** "09:41:05.214" in the chosen zone: for timelines, where milliseconds matter. */

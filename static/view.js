@@ -2,15 +2,16 @@
 // only the jobs the store says are visible) with each card's action (retry a
 // failed job, cancel a pending one), queued-press placeholders, the job
 // detail view with its actions and its timeline (from GET /jobs/{id}/events),
-// the connection indicator, toasts and the 1 s ticker for countdowns /
+// the connection indicator, toasts and the 500 ms ticker for countdowns /
 // relative times. Images that fail show a designed fallback, and
-// `reloadBrokenImages` tries them again once the connection is back. Every value from the API or Unsplash goes in
+// `reloadBrokenImages` tries them again once the connection is back. Every
+// value from the API or Unsplash goes in
 // through textContent / setAttribute (via h()) and every href/src through
 // safeUrl — never innerHTML.
 
 import {
   clockText, clockTime, countdownText, durationText, fullTime, h, icon, msText, now, parseTime, relTime,
-  safeColor, safeUrl, withUtm,
+  safeColor, safeUrl, withUtm, zoneName,
 } from './util.js';
 import { applyBlurhash } from './blurhash.js';
 
@@ -168,8 +169,11 @@ export class ListView {
     this.empty.hidden = !showEmpty && !(!hasData && paging.error);
     if (!hasData && paging.error) {
       this.empty.dataset.kind = 'error';
-      this.emptyTitle.textContent = 'Could not load jobs';
-      this.emptyText.textContent = `${paging.error.message} Retrying automatically…`;
+      const needsToken = paging.error.status === 401;
+      this.emptyTitle.textContent = needsToken ? 'This server needs its API token' : 'Could not load jobs';
+      this.emptyText.textContent = needsToken
+        ? 'Press Enter token above; the jobs load as soon as it is accepted.'
+        : `${paging.error.message} Retrying automatically…`;
       this.retry.hidden = false;
     } else if (showEmpty) {
       this.empty.dataset.kind = 'empty';
@@ -523,7 +527,9 @@ export class DetailView {
       h('div', { class: 'detail-grid' },
         h('div', { class: 'detail-media' }, media,
           h('section', { class: 'panel timeline-panel', 'aria-labelledby': 'timeline-title' },
-            h('h2', { class: 'panel-title', id: 'timeline-title', text: 'Timeline' }), this.timelineBox)),
+            h('h2', { class: 'panel-title', id: 'timeline-title' }, 'Timeline ',
+              h('span', { class: 'subtle zone-note', 'data-testid': 'timeline-zone', text: `times in ${zoneName()}` })),
+            this.timelineBox)),
         h('section', { class: 'panel', 'aria-label': 'Job details' }, h('dl', { class: 'facts' }, rows))));
   }
 }

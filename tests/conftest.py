@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from calo.app import Calo
 from calo.config import Settings, parse_settings
+from calo.store import Database
 from tests.e2e_helpers import DESKTOP, MISSING_CHROMIUM, Seen, chromium_missing, launch_chromium
 from tests.fake_unsplash import FakeUnsplash
 from tests.helpers import FAST_DELAYS, ServerProcess, close_db, server_environ
@@ -65,7 +66,7 @@ def settings(request, fake_unsplash, data_dir) -> Settings:
 
 
 @pytest.fixture
-def running(io_loop, settings) -> Iterator[tuple[Calo, tornado.web.Application]]:
+def calo_in_process(io_loop, settings) -> Iterator[tuple[Calo, tornado.web.Application]]:
     """Calo Jobs started in the test's IOLoop, and its web application."""
     service = Calo(settings)
     app = io_loop.run_sync(service.start)
@@ -75,14 +76,22 @@ def running(io_loop, settings) -> Iterator[tuple[Calo, tornado.web.Application]]
 
 
 @pytest.fixture
-def calo(running) -> Calo:
-    return running[0]
+def calo(calo_in_process) -> Calo:
+    return calo_in_process[0]
 
 
 @pytest.fixture
-def app(running) -> tornado.web.Application:
+def app(calo_in_process) -> tornado.web.Application:
     """What pytest-tornado's `http_server` serves."""
-    return running[1]
+    return calo_in_process[1]
+
+
+@pytest.fixture
+def database(tmp_path) -> Iterator[Database]:
+    """An open data dir (real files in the test's tmp_path), closed after the test."""
+    database = Database(str(tmp_path))
+    yield database
+    database.close()
 
 
 @pytest.fixture

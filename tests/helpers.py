@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from calo.openapi import DOCUMENT
 from calo.storage.sqlite import SqliteStorage
@@ -88,6 +88,12 @@ def job(calo: Calo, job_id: str) -> dict[str, Any]:
     doc = db(calo).job(job_id)
     assert doc is not None, f"no job {job_id}"
     return json.loads(doc)
+
+
+async def settled(calo: Calo, job_ids: list[str], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Wait until none of the jobs is pending; their documents."""
+    await wait_until(lambda: all(job(calo, i)["status"] != "pending" for i in job_ids), timeout)
+    return [job(calo, i) for i in job_ids]
 
 
 _READERS: dict[str, Reader] = {}
@@ -228,6 +234,18 @@ def create_many(server: ServerProcess, count: int, workers: int = 16, key_prefix
         return list(pool.map(create, range(count)))
 
 
+def job_via_api(server: ServerProcess, job_id: str) -> dict[str, Any]:
+    """`GET /jobs/{id}` of a server process."""
+    document: dict[str, Any] = server.get(f"/jobs/{job_id}").json()
+    return document
+
+
+def settled_via_api(server: ServerProcess, job_ids: list[str], timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Wait until none of the jobs is pending, as the server's API shows them; their documents."""
+    poll(lambda: all(job_via_api(server, i)["status"] != "pending" for i in job_ids), timeout)
+    return [job_via_api(server, i) for i in job_ids]
+
+
 def all_jobs(server: ServerProcess, status: str | None = None) -> list[dict[str, Any]]:
     """Every job (with `status`, if given), newest first, following the Link pages."""
     jobs: list[dict[str, Any]] = []
@@ -268,13 +286,19 @@ def writer_pid(parent_pid: int) -> int:
 # -- clients -------------------------------------------------------------------------------
 
 
-async def call(http_client, base_url, path, method="GET", body=None, headers=None):
-    """The response, whatever its status."""
+async def fetch_any(http_client, request, method="GET", body=None, headers=None):
+    """The response to `request` (a URL or an HTTPRequest), whatever its status."""
+    if not isinstance(request, HTTPRequest):
+        request = HTTPRequest(request, method=method, body=body, headers=headers, allow_nonstandard_methods=True)
     try:
-        return await http_client.fetch(base_url + path, method=method, body=body, headers=headers,
-                                       allow_nonstandard_methods=True)
+        return await http_client.fetch(request)
     except HTTPClientError as exc:
         return exc.response
+
+
+async def call(http_client, base_url, path, method="GET", body=None, headers=None):
+    """The response to `method` `base_url + path`, whatever its status."""
+    return await fetch_any(http_client, base_url + path, method, body, headers)
 
 
 async def create(http_client, base_url, key=None, body="{}"):

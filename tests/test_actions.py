@@ -257,3 +257,22 @@ def test_demo_images_do_not_repeat_within_a_screen_of_jobs():
     assert distinct >= 12
     urls = [image["url"] for _ in range(7) for image in source.fetch(5).images]  # batches of any size
     assert all(len(set(urls[start:start + distinct])) == distinct for start in range(len(urls) - distinct + 1))
+
+
+def test_activity_counts_per_minute_and_lateness_quantiles_over_one_hour():
+    from calo.stats import Activity
+    from calo.store import Event
+
+    now = [1_800_000_000_000]  # a minute boundary
+    activity = Activity(clock=lambda: now[0])
+    resolved = [Event(n, "job.resolved", f"j{n}", "{}", lateness_ms=n) for n in range(1, 101)]
+    activity.observe(resolved + [Event(101, "job.created", "j", "{}"), Event(102, "job.updated", "j", "{}")])
+    minute = activity.minutes()[-1]
+    assert (minute["resolved"], minute["created"], minute["failed"]) == (100, 1, 0)
+    assert minute["lateness"] == {"count": 100, "p50_ms": 50, "p99_ms": 99, "max_ms": 100}
+    activity.observe([Event(103, "job.resolved", "k", "{}", lateness_ms=5000)])  # the summary follows
+    assert activity.minutes()[-1]["lateness"]["max_ms"] == 5000
+    now[0] += 59 * 60_000  # still inside the hour: the oldest minute
+    assert activity.minutes()[0]["resolved"] == 101
+    now[0] += 60_000  # an hour later it is gone
+    assert all(m["resolved"] == 0 for m in activity.minutes()) and len(activity.minutes()) == 60

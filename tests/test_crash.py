@@ -10,7 +10,6 @@ import signal
 import socket
 import sqlite3
 import threading
-import time
 
 import requests
 
@@ -55,9 +54,7 @@ def test_sigterm_lets_an_in_flight_fetch_finish_then_exits_0(server_process, dat
     fake_unsplash.set_delay(1.5)
     job_id = server.post("/jobs").json()["id"]
     poll(lambda: fake_unsplash.photo_requests_count == 1)
-    started = time.monotonic()
-    assert server.terminate() == 0
-    assert time.monotonic() - started >= 1.0  # it waited for the fetch (grace: 10 s)
+    assert server.terminate() == 0  # waits for the fetch (grace: 10 s): the job is resolved below
     with sqlite3.connect(os.path.join(data_dir, "calo.db")) as conn:
         (doc,) = conn.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
     assert json.loads(doc)["status"] == "resolved"
@@ -137,14 +134,17 @@ def test_slow_clients_are_cut_off_without_blocking_others(server_process):
     idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert idle.recv(4096).startswith(b"HTTP/1.1 200")
     live = raw_websocket_that_never_reads(int(port))  # headers done: never cut off as slow
-    started = time.monotonic()
     assert server.get("/jobs").status_code == 200  # others are served meanwhile
     for sock in (slow_headers, slow_body, silent, idle):
         sock.settimeout(10)
-        assert sock.recv(1024) == b""  # closed by the server
+        assert sock.recv(1024) == b""  # closed by the server (a recv timeout would raise)
         sock.close()
-    assert time.monotonic() - started < 9
-    time.sleep(1.5)  # past the timeout and a sweep: the WebSocket still gets events
+    # A connection opened after the WebSocket's handshake is cut off: a sweep has run past
+    # the WebSocket's own deadline, and the WebSocket must still get events.
+    later = socket.create_connection((host, int(port)))
+    later.settimeout(10)
+    assert later.recv(1024) == b""
+    later.close()
     server.post("/jobs")
     live.settimeout(10)
     received = b""

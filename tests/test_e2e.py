@@ -94,7 +94,8 @@ def test_create_job_button_makes_a_job_that_resolves_live_without_reload(server_
     assert page.url == server.url + "/"
 
 
-def test_page_reconnects_to_a_restarted_server_and_shows_what_it_resolved(server_process, page):
+def test_page_reconnects_to_a_restarted_server_and_shows_what_it_resolved(server_process, page, fake_unsplash):
+    fake_unsplash.set_delay(60)  # no photo before the restart, however slow this machine is
     server = server_process("--delay-min", "3", "--delay-max", "3", "--delay-step", "1")
     open_dashboard(page, server)
     page.evaluate(TRACK_STATUSES)
@@ -108,7 +109,8 @@ def test_page_reconnects_to_a_restarted_server_and_shows_what_it_resolved(server
     assert by_curl in ids and len(ids) == 2
 
     old_url = server.url
-    server.kill()  # due in 3 s: both jobs are still pending when the process dies
+    server.kill()  # both jobs are still pending when the process dies
+    fake_unsplash.set_delay(0)
     connection = page.get_by_test_id("connection-state")
     expect(connection).to_have_text("reconnecting", timeout=WAIT_MS)
     # The same data dir (the fixture's) and the same port: the page reconnects to its origin.

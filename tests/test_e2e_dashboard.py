@@ -139,10 +139,12 @@ def test_the_timeline_fills_live_and_times_switch_between_local_and_utc(server_p
 
         created = page.locator(".fact", has_text="Created").locator("dd")
         expect(created).to_contain_text("GMT+9")  # Tokyo's local time, with its zone
+        expect(page.get_by_test_id("timeline-zone")).to_have_text("times in GMT+9")
         toggle = page.get_by_test_id("tz-toggle")
         toggle.click()
         expect(toggle).to_have_attribute("aria-pressed", "true")
         expect(created).to_contain_text("UTC")
+        expect(page.get_by_test_id("timeline-zone")).to_have_text("times in UTC")
         page.reload()  # the choice is kept
         expect(page.locator(".fact", has_text="Created").locator("dd")).to_contain_text("UTC", timeout=WAIT_MS)
         toggle.click()
@@ -396,3 +398,23 @@ def test_the_timeline_shows_each_failed_try_and_the_wait_for_the_rate_limit(serv
     expect(waited).to_contain_text("Waiting for the rate limit", timeout=WAIT_MS)
     fake_unsplash.reset_rate_limit(50)
     expect(timeline.locator('li[data-type="job.resolved"]')).to_have_count(1, timeout=WAIT_MS)
+
+
+def test_not_now_leaves_a_banner_that_asks_again_and_no_prompt_on_every_401(server_process, page):
+    server = server_process(*SHORT, "--private", env={"CALO_API_TOKEN": TOKEN})
+    page.goto(server.url + "/")
+    dialog = page.get_by_test_id("token-dialog")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    dialog.get_by_role("button", name="Not now").click()
+    expect(dialog).to_be_hidden()
+    banner = page.get_by_test_id("auth-banner")
+    expect(banner).to_be_visible()
+    expect(page.get_by_test_id("reconnecting-banner")).to_be_hidden()  # the token banner says why
+    page.get_by_test_id("create-job").click()  # refused (401), queued, and no second prompt
+    expect(page.get_by_test_id("queued-item")).to_have_count(1, timeout=WAIT_MS)
+    expect(dialog).to_be_hidden()
+    page.get_by_test_id("enter-token").click()
+    give_token(page, TOKEN)
+    expect(page.get_by_test_id("job-item")).to_have_count(1, timeout=RECONNECT_MS)  # the press, sent once
+    expect(banner).to_be_hidden()
+    assert len(server.get("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()) == 1

@@ -6,15 +6,10 @@ from __future__ import annotations
 import pytest
 
 from calo.clock import parse_iso_utc
-from tests.helpers import ACCESS_KEY, create_jobs, job, wait_until
+from tests.helpers import ACCESS_KEY, create_jobs, job, settled, wait_until
 
 IMAGE_FIELDS = {"source", "url", "thumb_url", "width", "height", "color", "blur_hash", "alt",
                 "photographer", "unsplash_url"}
-
-
-async def settled(calo, ids, timeout=10.0):
-    await wait_until(lambda: all(job(calo, i)["status"] != "pending" for i in ids), timeout)
-    return [job(calo, i) for i in ids]
 
 
 @pytest.mark.gen_test

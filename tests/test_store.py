@@ -16,13 +16,6 @@ from tests.helpers import WriterUnderTest
 
 
 @pytest.fixture
-def database(tmp_path):
-    db = Database(str(tmp_path))
-    yield db
-    db.close()
-
-
-@pytest.fixture
 def committed(database):
     """The real write path, started: the writer process and the events of its commits."""
     with WriterUnderTest(database.path) as writer:

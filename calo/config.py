@@ -254,29 +254,55 @@ def _parser() -> argparse.ArgumentParser:
             env_names = "/".join(setting.env)
             switch: dict[str, Any] = {"nargs": "?", "const": "true"} if setting.parse is _flag else {}
             parser.add_argument(
-                setting.flag, dest=setting.name, metavar="VALUE", **switch,
-                help=f"{setting.help} (env {env_names}; default {setting.default})",
+                setting.flag, dest=setting.name, metavar=_metavar(setting), **switch,
+                help=f"{setting.help} (env {env_names}; default: {_shown_default(setting)})",
             )
     return parser
 
 
-def _raw_value(setting: Setting, flags: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+def _metavar(setting: Setting) -> str:
+    """What `--help` shows a flag takes: HOST, PORT, SECONDS, ..."""
+    by_name = {"host": "ADDRESS", "data_dir": "DIR", "import_json": "FILE", "database_url": "URL"}
+    by_parse: dict[Callable[[str], Any], str] = {
+        _port: "PORT", _positive_int: "N", _seconds: "SECONDS", _optional_days: "DAYS", _origins: "ORIGINS",
+        _hosts: "HOSTS", _public_url: "URL", _url: "URL", _flag: "BOOL",
+    }
+    return by_name.get(setting.name) or by_parse.get(setting.parse, "TEXT")
+
+
+def _shown_default(setting: Setting) -> str:
+    value = setting.default
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _raw_value(setting: Setting, flags: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(the text given, where: the flag or the environment variable) or None."""
     from_flag: str | None = getattr(flags, setting.name, None)
-    if from_flag is not None:
-        return from_flag
-    return next((environ[name] for name in setting.env if name in environ), None)
+    if from_flag is not None and setting.flag:
+        return from_flag, setting.flag
+    return next(((environ[name], name) for name in setting.env if name in environ), None)
 
 
-def _check_together(settings: Settings) -> None:
+def _check_together(settings: Settings, given: Mapping[str, str]) -> None:
+    """Checks across settings; `given` maps a setting to the flag or variable that set it."""
+    def where(name: str) -> str:
+        return given.get(name) or next(s.flag or s.env[0] for s in SETTINGS if s.name == name)
+
     if settings.delay_min > settings.delay_max:
         raise ConfigError(
-            f"--delay-min ({settings.delay_min:g}) must not be greater than "
-            f"--delay-max ({settings.delay_max:g})"
+            f"{where('delay_min')} ({settings.delay_min:g}) must not be greater than "
+            f"{where('delay_max')} ({settings.delay_max:g})"
         )
     if settings.delay_step <= 0:
-        raise ConfigError("--delay-step must be greater than 0")
+        raise ConfigError(f"{where('delay_step')} must be greater than 0")
     if settings.unsplash_batch > 30:
-        raise ConfigError("--unsplash-batch must be between 1 and 30 (Unsplash's maximum)")
+        raise ConfigError(f"{where('unsplash_batch')} must be between 1 and 30 (Unsplash's maximum)")
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
@@ -284,19 +310,21 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     environ = os.environ if environ is None else environ
     flags = _parser().parse_args(list(argv))
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    given: dict[str, str] = {}
     for setting in SETTINGS:
-        raw = _raw_value(setting, flags, environ)
-        if raw is None:
+        found = _raw_value(setting, flags, environ)
+        if found is None:
             continue
+        raw, where = found
+        given[setting.name] = where
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            where = setting.flag or setting.env[0]
             reason = str(exc) if "must" in str(exc) else "is not a valid value"
             shown = "(hidden)" if setting.name in SECRETS else repr(raw)
             raise ConfigError(f"{where} {reason}: {shown}") from None
     settings = Settings(**values)
-    _check_together(settings)
+    _check_together(settings, given)
     return settings
 
 

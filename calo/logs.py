@@ -35,9 +35,23 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+class HideRequestBytes(logging.Filter):
+    """Tornado logs a malformed request with its parse error, and the error can quote the
+    request's own bytes (`Invalid header value 'Bearer <token>\\x01'`, a query string):
+    keep who sent it, drop what it sent."""
+
+    MALFORMED = "Malformed HTTP message from %s: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "tornado.general" and record.msg == self.MALFORMED and isinstance(record.args, tuple):
+            record.msg, record.args = "malformed HTTP request from %s", record.args[:1]
+        return True
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(HideRequestBytes())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -171,7 +171,7 @@ async def test_a_wal_checkpoint_runs_on_the_writer_and_truncates_the_wal(http_se
 
     await wait_until(truncated)
     samples = {(s.name, frozenset(s.labels.items())): s.value
-               for f in text_string_to_metric_families(calo.metrics.render().decode()) for s in f.samples}
+               for f in text_string_to_metric_families(calo.metrics.render("")[0].decode()) for s in f.samples}
     assert value(samples, "calo_upkeep_last_run_ok", task="checkpoint_wal") == 1
 
 

@@ -96,4 +96,4 @@ def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> Non
     code = getattr(handler, "calo_error_code", None)  # set by calo.errors on every error answer
     if code is not None:
         fields["error"] = code
-    log.log(level, "request", extra={"fields": fields})
+    log.log(level, "request", extra={"fields": fields, "rate_key": status})  # a kind per status

@@ -2,11 +2,12 @@
 
 Owns which part talks to which, and the order they start and stop in:
 start: storage (SQLite: lock, migrate, writer process, reader; PostgreSQL: migrate, writer,
-pool, log follower) -> scheduler (recovery) -> JSON exporter -> upkeep -> health checks and
-metrics -> the supervisor; stop (within one grace period): /readyz says 503 -> upkeep,
-supervisor -> scheduler (grace for in-flight fetches) -> requests already read are answered
-(`answer_requests`) -> storage (commits what was sent and, for SQLite, checkpoints the WAL;
-a writer that does not stop by the end of the grace is killed) -> exporter (final flush).
+pool, log follower) -> clock watch -> scheduler (recovery) -> JSON exporter -> upkeep ->
+health checks and metrics -> the supervisor; stop (within one grace period): /readyz says
+503 -> upkeep, supervisor -> scheduler (grace for in-flight fetches, then the rest cut
+short) -> requests already read are answered (`answer_requests`) -> storage (commits what
+was sent and, for SQLite, checkpoints the WAL; a writer that does not stop by the end of
+the grace is killed) -> exporter (final flush).
 
 Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_events`,
 `_on_commit` and `_storage_died`: the storage calls them on the IOLoop. Other threads
@@ -41,6 +42,7 @@ from calo.api import (
     RetryHandler,
     StatsHandler,
 )
+from calo.clockwatch import ClockWatch
 from calo.config import Settings
 from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
@@ -162,10 +164,13 @@ class Calo:
         storage = open_storage(settings)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="calo-fetch")
         self.gate = UpstreamGate(settings.workers, int(settings.rate_limit_pause * 1000))
+        self.clock_watch = ClockWatch()  # wall-clock steps: the scheduler plans its timer again
+        self.clock_watch.start()
         self.scheduler = Scheduler(
             source=self.source, writer=storage, pool=self.pool,
             gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
+            clock_watch=self.clock_watch,
         )
         try:
             await storage.start(
@@ -208,6 +213,7 @@ class Calo:
         self.health = Health(
             storage=storage, scheduler=self.scheduler, gate=self.gate,
             demo=self.source.name == "demo", recovery=recovery, stuck_after=self.settings.stuck_after,
+            clock_watch=self.clock_watch,
         )
         self.health.start()
         self.metrics.registry.register(LiveCollector(
@@ -258,6 +264,7 @@ class Calo:
         self.health.shutting_down = True  # /readyz answers 503 from now on
         self.health.stop()
         self.loop_lag.stop()
+        self.clock_watch.stop()
         self.upkeep.stop()
         self.supervisor.stop()
         await self.scheduler.stop(grace_seconds)

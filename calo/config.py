@@ -167,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retry_window", "--retry-window", ("CALO_RETRY_WINDOW",), _seconds, 600.0,
             "seconds after a job is due during which failed fetches are retried"),
     Setting("unsplash_timeout", "--unsplash-timeout", ("CALO_UNSPLASH_TIMEOUT",), _seconds, 10.0,
-            "seconds to wait for Unsplash to answer one request"),
+            "seconds one whole Unsplash call may take (connect, headers and body); a slower one is cut off"),
     Setting("rate_limit_pause", "--rate-limit-pause", ("CALO_RATE_LIMIT_PAUSE",), _seconds, 3600.0,
             "seconds all Unsplash calls pause once the request budget is spent"),
     Setting("max_pending", "--max-pending", ("CALO_MAX_PENDING",), _positive_int, 100_000,

@@ -12,12 +12,14 @@ Owns the checks and their two endpoints (JSON, `Cache-Control: no-store`):
   the server is not shutting down.
 
 The scheduler is stuck when the pending job due first has waited more than `stuck_after`
-seconds during which it could have run: since it was due, the server was up and the
-upstream was healthy. Then the server is not ready, and systemd gets no WATCHDOG=1 (see
-calo.systemd), so it restarts the process, which reschedules every pending job from the
-database. The upstream's state (ok, demo, failing since T, rate limited until T) is shown
-but never makes the server unready: jobs wait for Unsplash by design, and a restart
-cannot mend it.
+seconds during which it could have run: since it was due, the server was up, the wall
+clock did not step and the upstream was healthy. That wait is measured on the monotonic
+clock, so a step of the wall clock never makes the server stuck at once. Then the server
+is not ready, and systemd gets no WATCHDOG=1 (see calo.systemd), so it restarts the
+process, which reschedules every pending job from the database. The upstream's state
+(ok, demo, failing since T, rate_limited until T, rejected since T: the key was refused)
+is shown but never makes the server unready: jobs wait for Unsplash by design, and a
+restart cannot mend it.
 
 Threads: IOLoop thread only. The database check awaits the writer with a timeout; the
 other checks read in-memory state and a snapshot of the job counts and of the pending job
@@ -32,18 +34,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
-from tornado.ioloop import PeriodicCallback
 
-from calo.clock import iso_utc, now_ms
+from calo.clock import iso_utc
+from calo.clockwatch import Repeating
 from calo.errors import JSON_TYPE, JsonErrors
 from calo.jobs import FAILED, PENDING, RESOLVED
 from calo.storage.base import StoreError
 
 if TYPE_CHECKING:
+    from calo.clockwatch import ClockWatch
     from calo.scheduler import Scheduler
     from calo.storage.base import Storage
     from calo.throttle import UpstreamGate
@@ -65,19 +67,20 @@ class Health:
         demo: bool,
         recovery: dict[str, int],
         stuck_after: float,
-        clock: Callable[[], int] = now_ms,
+        clock_watch: ClockWatch,
     ):
         self._storage = storage
         self.counts: dict[str, int] = {}  # jobs by status, as of the last refresh
         self._oldest_pending: tuple[str, int] | None = None
-        self._refresher = PeriodicCallback(self._refresh_quietly, REFRESH_EVERY_SECONDS * 1000)
+        self._refresher = Repeating(self._refresh_quietly, REFRESH_EVERY_SECONDS)
         self._scheduler = scheduler
         self._gate = gate
         self._demo = demo
         self._recovery = recovery
         self._stuck_after_ms = int(stuck_after * 1000)
-        self._clock = clock
-        self._started_at = clock()
+        self._clock_watch = clock_watch
+        self._clock = clock_watch.clock
+        self._started_at = self._clock.monotonic()
         self._stuck = False
         self.shutting_down = False
 
@@ -126,7 +129,8 @@ class Health:
 
     def scheduler(self) -> dict[str, Any]:
         """Is the pending job due first being served? Logs when the answer changes."""
-        now = self._clock()
+        self._clock_watch.check()  # a step not yet noticed must not count as waiting
+        now = self._clock.wall()
         check: dict[str, Any] = {
             "ok": True, "next_due_at": iso_utc(self._scheduler.next_due_at()),
             "oldest_overdue": None, **self._scheduler.stats(),
@@ -134,8 +138,8 @@ class Health:
         oldest = self._oldest_pending
         if oldest is not None and oldest[1] <= now:
             job_id, due_at = oldest
-            runnable_since = self._runnable_since(due_at, now)
-            waited = 0 if runnable_since is None else now - runnable_since
+            runnable_since = self._runnable_since(due_at)
+            waited = 0 if runnable_since is None else self._clock.monotonic() - runnable_since
             # Counts and times, never an id: /readyz needs no token, even with --private.
             check["oldest_overdue"] = {"due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000}
             check["ok"] = waited <= self._stuck_after_ms
@@ -148,15 +152,18 @@ class Health:
         ok: bool = self.scheduler()["ok"]
         return ok
 
-    def _runnable_since(self, due_at: int, now: int) -> int | None:
-        """Since when a job due at `due_at` could have run; None while the upstream is
-        failing or rate limited (then waiting is expected)."""
-        if self._demo:
-            return max(due_at, self._started_at)
-        state = self._gate.state(now)
-        if state["state"] != "ok":
-            return None
-        return max(due_at, self._started_at, state.get("since") or 0)
+    def _runnable_since(self, due_at: int) -> int | None:
+        """Since when (monotonic ms) a job due at `due_at` (wall clock) could have run:
+        not before it was due, the server started, the wall clock last stepped or the
+        upstream last recovered; None while the upstream is failing, rate limited or
+        refusing the key (then waiting is expected)."""
+        since = [self._clock.monotonic_at(due_at), self._started_at, self._clock_watch.last_step_at or 0]
+        if not self._demo:
+            state = self._gate.state(self._clock.monotonic())
+            if state["state"] != "ok":
+                return None
+            since.append(state.get("since") or 0)
+        return max(since)
 
     def _note(self, check: dict[str, Any], job_id: str | None) -> None:
         """Log when the scheduler turns stuck (naming the job, for the operator) or recovers."""
@@ -169,13 +176,14 @@ class Health:
         self._stuck = stuck
 
     def upstream(self) -> dict[str, Any]:
-        """ok, demo, failing (since), or rate_limited (until); plus the request budget."""
+        """ok, demo, failing (since), rate_limited (until) or rejected (since, reason: the
+        key was refused); plus the request budget. Times as ISO 8601 UTC wall-clock times."""
         if self._demo:
             return {"state": "demo"}
-        state: dict[str, Any] = dict(self._gate.state(self._clock()))
+        state: dict[str, Any] = dict(self._gate.state(self._clock.monotonic()))
         for key in ("since", "until"):
             if state.get(key):
-                state[key] = iso_utc(state[key])
+                state[key] = iso_utc(self._clock.wall_at(state[key]))
             else:
                 state.pop(key, None)
         state.update(rate_limit=self._gate.rate_limit, rate_limit_remaining=self._gate.rate_remaining)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped in promet
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 LAG_EVERY_SECONDS = 0.5
-UPSTREAM_STATES = ("ok", "failing", "rate_limited", "demo")
+UPSTREAM_STATES = ("ok", "failing", "rate_limited", "rejected", "demo")
 
 
 class Metrics:
@@ -114,6 +115,9 @@ class MeteredSource:
     def describe(self) -> str:
         return self._source.describe()
 
+    def abort_all(self) -> None:
+        self._source.abort_all()
+
     @property
     def running(self) -> int:
         with self._lock:
@@ -147,8 +151,9 @@ class LoopLag:
         self._expected = 0.0
 
     def start(self) -> None:
-        self._expected = self._loop.time() + self._every
-        self._timer = self._loop.call_at(self._expected, self._tick)
+        # The monotonic clock: IOLoop.time() is the wall clock, and a step is no lag.
+        self._expected = time.monotonic() + self._every
+        self._timer = self._loop.call_later(self._every, self._tick)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -156,7 +161,7 @@ class LoopLag:
             self._timer = None
 
     def _tick(self) -> None:
-        self._histogram.observe(max(0.0, self._loop.time() - self._expected))
+        self._histogram.observe(max(0.0, time.monotonic() - self._expected))
         self.start()
 
 
@@ -202,6 +207,8 @@ class LiveCollector:
                                 value=stats["spare_photos"])
         yield GaugeMetricFamily("calo_fetches_in_flight", "Fetches submitted to the worker pool",
                                 value=stats["fetches_in_flight"])
+        yield CounterMetricFamily("calo_wall_clock_steps", "Wall-clock steps noticed (each re-planned the timers)",
+                                  value=self._scheduler.clock_watch.steps)
         running = self._source.running
         yield GaugeMetricFamily("calo_pool_queue_depth", "Fetches waiting for a free worker thread",
                                 value=max(0, stats["fetches_in_flight"] - running))

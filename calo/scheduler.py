@@ -10,6 +10,13 @@ handed to the store's writer, which applies it only to a job still pending, so a
 never resolves twice. The database, not this schedule, is the truth: after a crash the
 schedule is rebuilt from the pending jobs in the store.
 
+Clocks: a due time is a wall-clock instant; the one timer runs on the IOLoop's monotonic
+clock, armed for the moment the wall clock should read the next due time. When the wall
+clock steps (calo.clockwatch.ClockWatch), `replan` runs what is now due and arms the timer
+afresh, so a step forward runs newly due jobs at once and a step back holds them until
+the wall clock reaches their due time again. The retry window is measured on the
+monotonic clock from the moment this process found the job due.
+
 Threads: every method runs on the IOLoop thread. The only code that runs elsewhere is
 `source.fetch`, sent to the pool with `run_in_executor`; results come back through
 `IOLoop.add_future`, which calls back on the IOLoop thread.
@@ -30,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import IOLoop
 
-from calo.clock import iso_utc, now_ms
+from calo.clock import iso_utc
+from calo.clockwatch import ClockWatch
 from calo.jobs import PENDING, Outcome
 from calo.storage.base import NotStored, StoreError
 from calo.unsplash import PhotoSource, RateLimited, TransientError, UpstreamError
@@ -57,7 +65,7 @@ class Scheduler:
         batch: int,
         max_attempts: int,
         retry_window_ms: int,
-        clock: Callable[[], int] = now_ms,
+        clock_watch: ClockWatch | None = None,
     ):
         self._source = source
         self._writer = writer
@@ -66,18 +74,22 @@ class Scheduler:
         self._batch = batch
         self._max_attempts = max_attempts
         self._retry_window_ms = retry_window_ms
-        self._clock = clock
+        self.clock_watch = clock_watch or ClockWatch()
+        self._clock = self.clock_watch.clock
+        self.clock_watch.on_step(self.replan)
         self._loop = IOLoop.current()
         self._heap: list[tuple[int, str]] = []  # (due_at, job id), not yet due
         self._ready: collections.deque[tuple[int, str]] = collections.deque()  # due, no photo yet
+        self._due_since: dict[str, int] = {}  # job id -> monotonic ms it was first found due
         self._spares: collections.deque[dict[str, Any]] = collections.deque()  # fetched, unused
         self._in_flight = 0
         self._settling = 0  # outcomes handed to the writer, not yet confirmed
         self._store_failures: dict[str, int] = {}  # job id -> its outcomes the store refused
-        self._told_rate_limit_until = 0  # the rate-limit pause the waiting jobs were told of
+        self._told_rate_limit_until = 0  # the rate-limit pause the waiting jobs were told of (monotonic)
         self._timer: object | None = None
-        self._timer_at: int | None = None
+        self._timer_at: int | None = None  # monotonic ms the timer fires at
         self._stopping = False
+        self._closed = False  # the grace is over: results that come later are dropped
         self._idle: list[Callable[[], None]] = []
 
     # -- public: IOLoop thread only -------------------------------------------------------
@@ -86,15 +98,15 @@ class Scheduler:
         """Schedule the pending jobs found at start-up; returns how many are overdue."""
         self._heap = list(pending)
         heapq.heapify(self._heap)
-        now = self._clock()
+        now = self._clock.wall()
         overdue = sum(1 for due_at, _ in self._heap if due_at <= now)
         self._on_timer()
         return overdue
 
     def add(self, job_id: str, due_at: int) -> None:
-        """Schedule a job that was just committed as pending."""
+        """Schedule a job that was just committed as pending (`due_at`: wall-clock ms)."""
         heapq.heappush(self._heap, (due_at, job_id))
-        if self._timer_at is None or due_at < self._timer_at:
+        if self._timer_at is None or self._clock.monotonic_at(due_at) < self._timer_at:
             self._arm_timer()
 
     def withdraw(self, job_id: str) -> int | None:
@@ -110,6 +122,7 @@ class Scheduler:
                     del line[index]
                     if line is self._heap:
                         heapq.heapify(self._heap)
+                    self._due_since.pop(job_id, None)
                     return due_at
         return None
 
@@ -117,6 +130,13 @@ class Scheduler:
         """Ids of the jobs this schedule holds (waiting or due), so that a caller handing
         it jobs it may already hold (taken over, re-read after a reconnect) adds none twice."""
         return {job_id for _, job_id in self._heap} | {job_id for _, job_id in self._ready}
+
+    def replan(self, step_ms: int = 0) -> None:
+        """The wall clock stepped by `step_ms`: every timer was armed for a wall-clock
+        instant on the old reading, so run what is due now and arm the timer afresh."""
+        if not self._stopping:
+            self._cancel_timer()
+            self._on_timer()
 
     def stats(self) -> dict[str, int]:
         return {
@@ -133,7 +153,8 @@ class Scheduler:
 
     async def stop(self, grace_seconds: float) -> bool:
         """Start no more fetches; wait up to `grace_seconds` for the running ones to
-        finish and hand their outcomes to the writer. True if none was left running."""
+        finish and hand their outcomes to the writer, then cut the rest short (their jobs
+        stay pending, to run at the next start). True if none was left running."""
         self._stopping = True
         self._cancel_timer()
         if self._in_flight:
@@ -147,43 +168,49 @@ class Scheduler:
             try:
                 await asyncio.wait_for(done, grace_seconds)
             except TimeoutError:
-                log.warning("shutdown: %d upstream fetches still running", self._in_flight)
+                log.warning("shutdown: cutting %d upstream fetches short; their jobs run at the next start",
+                            self._in_flight)
+        self._closed = True
+        self._source.abort_all()
         return self._in_flight == 0
 
     # -- the timer and the pump ------------------------------------------------------------
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        now = self._clock()
+        now, since = self._clock.wall(), self._clock.monotonic()
         newly_due = []
         while self._heap and self._heap[0][0] <= now:
-            newly_due.append(heapq.heappop(self._heap))
+            due = heapq.heappop(self._heap)
+            self._due_since.setdefault(due[1], since)
+            newly_due.append(due)
         self._ready.extend(newly_due)
-        if newly_due and self._told_rate_limit_until > now:
-            self._tell_waiting_for_rate_limit(newly_due, now)
+        if newly_due and self._told_rate_limit_until > since:
+            self._tell_waiting_for_rate_limit(newly_due)
         self._pump()
 
     def _pump(self) -> None:
         """Give due jobs spare photos, start fetches for the rest, re-arm the timer."""
-        now = self._clock()
         served = []
         while self._ready and self._spares:  # also while stopping: photos fetched in the grace period
             due_at, job_id = self._ready.popleft()
-            served.append((Outcome(job_id, now, image=self._spares.popleft()), due_at))
+            served.append((Outcome(job_id, self._clock.wall(), image=self._spares.popleft()), due_at))
         self._settle(served)
         if self._stopping:
             return
+        now = self._clock.monotonic()
         if self._ready and self._gate.rate_limited_until > max(now, self._told_rate_limit_until):
             self._told_rate_limit_until = self._gate.rate_limited_until
-            self._tell_waiting_for_rate_limit(self._ready, now)
+            self._tell_waiting_for_rate_limit(self._ready)
         # Photos already on their way count: one batch serves up to `batch` waiting jobs.
         while len(self._ready) > self._in_flight * self._batch and self._gate.allowed_now(now, self._in_flight):
-            self._start_fetch()
+            self._start_fetch(now)
         self._arm_timer()
 
     def _next_wake(self) -> int | None:
-        wake = self._heap[0][0] if self._heap else None
-        if self._ready and self._gate.open_at > self._clock():
+        """Monotonic ms of the next thing to do: the next due time, or the gate opening."""
+        wake = self._clock.monotonic_at(self._heap[0][0]) if self._heap else None
+        if self._ready and self._gate.open_at > self._clock.monotonic():
             wake = self._gate.open_at if wake is None else min(wake, self._gate.open_at)
         return wake
 
@@ -194,8 +221,8 @@ class Scheduler:
         self._cancel_timer()
         if wake is not None and not self._stopping:
             self._timer_at = wake
-            delay = max(0, wake - self._clock()) / 1000
-            self._timer = self._loop.call_later(delay, self._on_timer)
+            delay = max(0, wake - self._clock.monotonic()) / 1000
+            self._timer = self._loop.call_later(delay, self._on_timer)  # the IOLoop's timers are monotonic
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -204,21 +231,23 @@ class Scheduler:
 
     # -- fetches ---------------------------------------------------------------------------
 
-    def _start_fetch(self) -> None:
+    def _start_fetch(self, now: int) -> None:
         self._in_flight += 1
         future = self._loop.run_in_executor(self._pool, self._source.fetch, self._batch)
-        self._loop.add_future(future, self._fetch_done)
+        self._loop.add_future(future, functools.partial(self._fetch_done, now))
 
-    def _fetch_done(self, future: Any) -> None:
+    def _fetch_done(self, started_at: int, future: Any) -> None:
         self._in_flight -= 1
-        now = self._clock()
+        if self._closed:  # after the grace: its jobs stay pending and run at the next start
+            return
+        now = self._clock.monotonic()
         try:
             fetched = future.result()
         except UpstreamError as exc:
-            self._fetch_failed(exc, now)
+            self._fetch_failed(exc, started_at, now)
         except Exception as exc:  # a bug in a source must not stall the schedule
             log.exception("upstream fetch raised")
-            self._fetch_failed(TransientError(f"unexpected error: {type(exc).__name__}"), now)
+            self._fetch_failed(TransientError(f"unexpected error: {type(exc).__name__}"), started_at, now)
         else:
             self._gate.succeeded(fetched.rate_limit, fetched.rate_remaining, now)
             self._spares.extend(fetched.images)
@@ -227,31 +256,39 @@ class Scheduler:
                 notify()
         self._pump()
 
-    def _fetch_failed(self, exc: UpstreamError, now: int) -> None:
-        """Record the failed try on the jobs the fetch was for: the first in line."""
+    def _fetch_failed(self, exc: UpstreamError, started_at: int, now: int) -> None:
+        """Tell the gate, and record the failed try on the jobs the fetch was for: the
+        first in line. A rate limit is no try: it never uses up a job's attempts."""
         rate_limited = isinstance(exc, RateLimited)
         if rate_limited:
-            self._gate.rate_limited(now)
+            self._gate.rate_limited(now, exc.retry_after_ms)
         elif exc.retryable:
-            self._gate.failed(now)
+            self._gate.failed(now, started_at, exc.retry_after_ms)
+        elif exc.refuses_key:
+            self._gate.rejected(now, str(exc))
         waiting = [self._ready.popleft() for _ in range(min(self._batch, len(self._ready)))]
         log.warning("upstream fetch failed (%s): %s; %d jobs affected", exc.code, exc, len(waiting))
-        # A rate limit alone never fails a job; other errors have a cap on tries and time.
+        # Other errors have a cap on tries, and on time since the job was found due.
         self._settle([
             (Outcome(
-                job_id, now, error_code=exc.code, error_message=str(exc),
-                final=not exc.retryable or (now - due_at > self._retry_window_ms and not rate_limited),
-                max_attempts=None if rate_limited else self._max_attempts,
+                job_id, self._clock.wall(), error_code=exc.code, error_message=str(exc),
+                final=not exc.retryable or (not rate_limited and self._past_retry_window(job_id, now)),
+                max_attempts=None if rate_limited else self._max_attempts, attempted=not rate_limited,
             ), due_at)
             for due_at, job_id in waiting
         ])
 
-    def _tell_waiting_for_rate_limit(self, jobs: Iterable[tuple[int, str]], now: int) -> None:
+    def _past_retry_window(self, job_id: str, now: int) -> bool:
+        return now - self._due_since.get(job_id, now) > self._retry_window_ms
+
+    def _tell_waiting_for_rate_limit(self, jobs: Iterable[tuple[int, str]]) -> None:
         """Record on each job (no try counted) that it waits for the request budget; the
         jobs keep their place in line."""
-        message = f"waiting for the Unsplash rate limit to reset (until {iso_utc(self._gate.rate_limited_until)})"
+        until = iso_utc(self._clock.wall_at(self._gate.rate_limited_until))
+        message = f"waiting for the Unsplash rate limit to reset (until {until})"
         outcomes = [
-            Outcome(job_id, now, error_code="rate_limited", error_message=message, final=False, attempted=False)
+            Outcome(job_id, self._clock.wall(), error_code="rate_limited", error_message=message, final=False,
+                    attempted=False)
             for _, job_id in jobs
         ]
         self._loop.add_future(self._writer.apply_outcomes(outcomes), _log_write_failure)
@@ -275,7 +312,7 @@ class Scheduler:
         except StoreError as exc:
             log.error("could not record %d outcomes: %s; trying those jobs again later", len(settled), exc)
             for outcome, _ in settled:
-                self.add(outcome.job_id, self._clock() + STORE_RETRY_MS)
+                self.add(outcome.job_id, self._clock.wall() + STORE_RETRY_MS)
             return
         retry, unwritable = [], []
         for (outcome, due_at), status in zip(settled, statuses, strict=True):
@@ -283,8 +320,9 @@ class Scheduler:
                 unwritable.append((outcome, due_at, status.reason))
             elif status == PENDING:  # a failed try, retried once the gate opens: back in line
                 retry.append((due_at, outcome.job_id))
-            else:
+            else:  # settled for good, or no longer pending
                 self._store_failures.pop(outcome.job_id, None)
+                self._due_since.pop(outcome.job_id, None)
         self._ready.extend(retry)
         self._not_stored(unwritable)
         if retry or unwritable:
@@ -307,7 +345,7 @@ class Scheduler:
                 log.error("job %s failed: its result could not be stored after %d tries (%s)",
                           outcome.job_id, tries, reason)
                 message = f"the result could not be stored after {tries} tries"
-                final.append((Outcome(outcome.job_id, self._clock(), error_code=NOT_STORABLE,
+                final.append((Outcome(outcome.job_id, self._clock.wall(), error_code=NOT_STORABLE,
                                       error_message=message), due_at))
         self._settle(final)
 

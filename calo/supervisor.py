@@ -9,7 +9,8 @@ stops with exit code 1 so that systemd restarts it (recovery takes under a secon
 Modelled on huey's `Consumer.check_worker_health`, which restarts dead workers; here
 the restart is systemd's, since a dead writer means the process's state is suspect.
 
-Threads: IOLoop thread only (a tornado PeriodicCallback).
+Threads: IOLoop thread only (calo.clockwatch.Repeating: a PeriodicCallback would stop for as
+long as a backward step of the wall clock).
 Must never: block, or call `on_fatal` more than once.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from tornado.ioloop import PeriodicCallback
+from calo.clockwatch import Repeating
 
 log = logging.getLogger("calo.supervisor")
 
@@ -32,7 +33,7 @@ class Supervisor:
         self._parts = parts
         self._on_fatal = on_fatal
         self._failed = False
-        self._callback = PeriodicCallback(self._check_now, CHECK_SECONDS * 1000)
+        self._callback = Repeating(self._check_now, CHECK_SECONDS)
 
     def start(self) -> None:
         self._callback.start()

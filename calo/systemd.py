@@ -2,7 +2,7 @@
 
 Owns the datagrams Calo Jobs sends its service manager (deploy/calo.service):
 - `READY=1` once, after the database is open, recovery has run and the port listens;
-- `WATCHDOG=1` every half `WATCHDOG_USEC`, from an IOLoop PeriodicCallback: a wedged
+- `WATCHDOG=1` every half `WATCHDOG_USEC`, from a monotonic IOLoop timer: a wedged
   IOLoop sends none, and systemd restarts the process. None is sent either while the
   health check finds the scheduler stuck (`Health.scheduler_ok`), for the same reason;
 - `STATUS=pending=.. resolved=.. failed=.. upstream=..` (shown by `systemctl status`),
@@ -24,7 +24,7 @@ import socket
 from collections.abc import Mapping
 from typing import Protocol
 
-from tornado.ioloop import PeriodicCallback
+from calo.clockwatch import Repeating
 
 log = logging.getLogger("calo.systemd")
 
@@ -104,9 +104,9 @@ class SystemdLink:
         self._health = health
         self._watchdog = watchdog
         self._last_status = ""
-        self._tickers = [PeriodicCallback(self._send_status, STATUS_EVERY_SECONDS * 1000)]
+        self._tickers = [Repeating(self._send_status, STATUS_EVERY_SECONDS)]
         if watchdog is not None:
-            self._tickers.append(PeriodicCallback(self._ping, watchdog * 1000))
+            self._tickers.append(Repeating(self._ping, watchdog))
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], health: HealthSource) -> SystemdLink:

@@ -9,7 +9,7 @@ Owns the schedule of housekeeping, so that a server needs no cron:
 Each task only submits work to the writer thread and records when it ran, how long it
 took and whether it worked (`/metrics` shows it), so the IOLoop never waits on it.
 
-Threads: IOLoop thread only (tornado PeriodicCallback).
+Threads: IOLoop thread only (calo.clockwatch.Repeating: monotonic, unlike PeriodicCallback).
 Must never: block the IOLoop, or run a task again while its previous run is unfinished.
 """
 
@@ -20,9 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from tornado.ioloop import PeriodicCallback
-
 from calo.clock import now_ms
+from calo.clockwatch import Repeating
 
 if TYPE_CHECKING:
     from calo.storage.base import Storage
@@ -48,7 +47,7 @@ class Task:
         self.last_run_at: int | None = None
         self.last_duration: float | None = None
         self.last_ok: bool | None = None
-        self._callback = PeriodicCallback(self.trigger, every_seconds * 1000, jitter=0.1)
+        self._callback = Repeating(self.trigger, every_seconds, jitter=0.1)
 
     def start(self) -> None:
         self._callback.start()

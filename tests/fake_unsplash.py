@@ -383,8 +383,10 @@ class FakeUnsplash:
         with self._lock:
             self._body_filter = body_filter
 
-    def drop_connections(self, times: int | None = None) -> None:
-        self._set_fault(_Fault(None, _checked_times(times)))
+    def drop_connections(self, times: int | None = None, seconds: float | None = None) -> None:
+        """Reset API calls' connections instead of answering: `times` calls, or for
+        `seconds`, or until cleared."""
+        self._set_fault(_Fault(None, _checked_times(times), until=_until(seconds)))
 
     def set_delay(self, seconds: float) -> None:
         with self._lock:

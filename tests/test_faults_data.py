@@ -133,6 +133,9 @@ class UnstorableSource:
     def describe(self) -> str:
         return "photos the store cannot keep"
 
+    def abort_all(self) -> None:
+        """Nothing to cut short."""
+
     def fetch(self, count: int) -> Fetched:
         self.calls += 1
         url = "http://x.test/ok.jpg" if self.healed else "http://x.test/" + SURROGATE

@@ -120,7 +120,7 @@ def test_metrics_follow_jobs_upstream_outcomes_rate_limit_and_clients(server_pro
     assert value(samples, "calo_upkeep_last_run_ok", task="export_json") == 1
     poll(lambda: value(scrape(server), "calo_ioloop_lag_seconds_count") > 0)
     assert any("upstream failing since" in line for line in server.lines)
-    assert any("upstream recovered after 1 failed calls" in line for line in server.lines)
+    assert any("upstream recovered after 1 failed rounds of calls" in line for line in server.lines)
 
     fake_unsplash.reset_rate_limit(limit=1)  # the next answer spends the last request
     server.post("/jobs")

@@ -7,6 +7,9 @@ Owns the access rules, in one place, for the REST handlers and the WebSocket:
   `Sec-WebSocket-Protocol: calo.v1, calo.bearer.<token as base64url, no padding>`
   (`bearer_from_subprotocols`), and, discouraged because URLs end up in logs and
   histories, as `?access_token=`. Tokens are compared in constant time.
+- The host names the server answers to (`--allowed-hosts`; by default the loopback names
+  when it listens on a loopback address): a page on another name that resolves to us (DNS
+  rebinding) gets 421, so its requests count as foreign whatever its Origin says.
 - Origins in `--allowed-origins` may open the WebSocket (besides the page's own origin,
   which Tornado's default check allows) and get CORS headers on the REST API. With no
   list there is no CORS at all.
@@ -21,6 +24,7 @@ import base64
 import binascii
 import dataclasses
 import hmac
+import ipaddress
 import re
 
 CORS_METHODS = "GET, POST, OPTIONS"
@@ -30,6 +34,21 @@ CORS_MAX_AGE = "600"
 SUBPROTOCOL = "calo.v1"  # the one the server selects; never the bearer entry
 BEARER_SUBPROTOCOL = "calo.bearer."
 BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def answered_hosts(bind_host: str, allowed_hosts: tuple[str, ...]) -> frozenset[str] | None:
+    """The Host names (lower case, no port) to answer; None: any. From --allowed-hosts,
+    else the loopback names when bound to loopback, else any."""
+    if allowed_hosts:
+        return None if "*" in allowed_hosts else frozenset(allowed_hosts)
+    try:
+        loopback = ipaddress.ip_address(bind_host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = bind_host.lower() == "localhost"
+    return LOOPBACK_NAMES if loopback else None
 
 
 def bearer_from_subprotocols(offered: list[str]) -> str | None:

@@ -73,8 +73,11 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
         self.set_default_headers()  # Tornado's first call came before `access` was set
 
     def set_default_headers(self) -> None:
-        """CORS headers, on every answer including errors (`send_error` clears headers
-        and calls this again)."""
+        """Security and CORS headers, on every answer including errors (`send_error`
+        clears headers and calls this again). Answers change by the second and may be
+        private: never stored by a cache."""
+        super().set_default_headers()
+        self.set_header("Cache-Control", "no-store")
         if not getattr(self, "access", None) or not self.access.allowed_origins:
             return  # no CORS at all (and Tornado's first call comes before initialize)
         origin = self.request.headers.get("Origin")
@@ -83,14 +86,46 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
         self.add_header("Vary", "Origin")
 
     def prepare(self) -> None:
-        declared = self.request.headers.get("Content-Length", "0")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        self.check_request()  # before the token: DELETE /jobs is a 405, not a 401
+        if self.request.method == "POST":
+            self._check_post()
         if self.access.needs_token(self.request.method) and not self.access.token_ok(
             self.request.headers.get("Authorization")
         ):
             raise ApiError(401, "unauthorized", "this needs 'Authorization: Bearer <token>'",
                            {"WWW-Authenticate": 'Bearer realm="calo"'})
+
+    def _check_post(self) -> None:
+        """A POST from a page on another origin is refused (a plain HTML form can send
+        one), and so is a body the API does not read: a body must be JSON (415); an empty
+        one may come with any Content-Type (HTTP clients add a form type by default)."""
+        if self._check_cross_origin(self.access.origin_allowed) is not None:
+            raise ApiError(403, "cross_origin_refused", "a page from another origin may not change jobs "
+                           "(see --allowed-origins)")
+        # Tornado has checked that Content-Length is ASCII digits.
+        declared = int(self.request.headers.get("Content-Length", "0"))
+        if declared > MAX_BODY_BYTES:  # refused before a byte of it is read
+            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        content_type = self.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        has_body = declared > 0 or "Transfer-Encoding" in self.request.headers
+        if has_body and content_type != "application/json":
+            raise ApiError(415, "unsupported_media_type", "a body must be JSON, sent as Content-Type: application/json")
+
+    def check_no_fields(self) -> None:
+        """The body is empty or `{}`: these POSTs take no fields, and say so rather than
+        ignore one a client thinks it is setting."""
+        body = self.body().strip()
+        if not body:
+            return
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: 50,000 `[` fit in 64 KiB
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise ApiError(400, "bad_json", "the body must be a JSON object, like {}")
+        if parsed:
+            names = ", ".join(sorted(json.dumps(name) for name in parsed))
+            raise ApiError(400, "unknown_field", f"this takes no fields; got {names}"[:300])
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         # An id that is not UTF-8 names no job: that is a 404, not Tornado's 400.
@@ -106,10 +141,18 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
             raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         return bytes(self._body)
 
-    def options(self, *args: str) -> None:
-        """CORS preflight (its headers come from set_default_headers)."""
-        self.set_status(204)
-        self.finish()
+    def link_next(self, query: dict[str, str]) -> None:
+        """`Link: <this path?query>; rel="next"`, absolute from --public-url when set, else
+        from the request's Host when the server checks it (--allowed-hosts, or bound to
+        loopback), else a path: a Host nobody vetted never makes a URL."""
+        public_url = self.settings.get("calo_public_url")
+        if public_url:
+            base = public_url
+        elif self.settings.get("calo_hosts") is not None:
+            base = f"{self.request.protocol}://{self.request.host}"
+        else:
+            base = ""
+        self.set_header("Link", f'<{base}{self.request.path}?{urlencode(query)}>; rel="next"')
 
     def write_json(self, text: str, status: int = 200) -> None:
         """Send an already-encoded JSON document (lists included: `write()` refuses them)."""
@@ -137,7 +180,8 @@ class NotFoundHandler(ApiHandler):
     """Every route that does not exist."""
 
     def prepare(self) -> None:
-        raise ApiError(404, "not_found", f"no such resource: {self.request.path}")
+        self.check_host()
+        raise ApiError(404, "not_found", "no such resource")  # whatever the method
 
 
 class JobsHandler(ApiHandler):
@@ -163,11 +207,10 @@ class JobsHandler(ApiHandler):
     def _link_next(self, status: str | None, limit: int, last_num: int) -> None:
         query = {"status": status} if status else {}
         query.update(limit=str(limit), cursor=encode_cursor(last_num))
-        url = f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(query)}"
-        self.set_header("Link", f'<{url}>; rel="next"')
+        self.link_next(query)
 
     async def post(self) -> None:
-        self._check_body()
+        self.check_no_fields()
         key = self.request.headers.get("Idempotency-Key")
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 visible ASCII characters")
@@ -180,17 +223,6 @@ class JobsHandler(ApiHandler):
             raise storage_unavailable(exc) from None
         self.set_header("Location", f"/jobs/{created.job_id}")
         self.write_json(created.job_json, 201 if created.created else 200)
-
-    def _check_body(self) -> None:
-        body = self.body().strip()
-        if not body:
-            return
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
-        if not isinstance(parsed, dict):
-            raise ApiError(400, "bad_json", "the body must be a JSON object, like {}")
 
 
 class JobHandler(ApiHandler):
@@ -235,6 +267,7 @@ class RetryHandler(JobChangeHandler):
     """POST /jobs/{id}/retry: a failed job goes back to pending, due now."""
 
     async def post(self, job_id: str) -> None:
+        self.check_no_fields()
         await self.answer_change(self.service.retry_job(job_id))
 
 
@@ -242,6 +275,7 @@ class CancelHandler(JobChangeHandler):
     """POST /jobs/{id}/cancel: a pending job is cancelled before its photo is fetched."""
 
     async def post(self, job_id: str) -> None:
+        self.check_no_fields()
         await self.answer_change(self.service.cancel_job(job_id))
 
 
@@ -250,6 +284,7 @@ class RetryFailedHandler(ApiHandler):
     (the page's "Retry all failed"); answers {"retried": n}."""
 
     async def post(self) -> None:
+        self.check_no_fields()
         try:
             retried = await self.service.retry_failed()
         except StoreError as exc:
@@ -274,9 +309,7 @@ class JobEventsHandler(ApiHandler):
             raise ApiError(404, "job_not_found", "no job with this id")
         if len(events) > EVENTS_PAGE:
             events = events[:EVENTS_PAGE]
-            last_seq = json.loads(events[-1])["seq"]
-            url = f"{self.request.protocol}://{self.request.host}{self.request.path}?after={last_seq}"
-            self.set_header("Link", f'<{url}>; rel="next"')
+            self.link_next({"after": str(json.loads(events[-1])["seq"])})
         self.write_json("[" + ",".join(events) + "]")
 
 

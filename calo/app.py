@@ -31,7 +31,7 @@ import tornado.web
 from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import BaseAsyncIOLoop
 
-from calo.access import AccessPolicy
+from calo.access import AccessPolicy, answered_hosts
 from calo.api import (
     CancelHandler,
     JobEventsHandler,
@@ -48,8 +48,8 @@ from calo.export import JsonExporter
 from calo.health import Health, HealthzHandler, ReadyzHandler
 from calo.live import MAX_CLIENT_MESSAGE_BYTES, EventsSocket, Hub
 from calo.metrics import LiveCollector, LoopLag, MeteredSource, Metrics, MetricsHandler
-from calo.openapi import OpenApiHandler
-from calo.pages import IndexHandler
+from calo.openapi import OpenApiHandler, document_json
+from calo.pages import IndexHandler, StaticFiles
 from calo.requestlog import RequestIdTransform, access_logger
 from calo.scheduler import Scheduler
 from calo.service import JobService
@@ -90,12 +90,14 @@ def find_web_root() -> str:
 def make_app(
     service: JobService, hub: Hub, access: AccessPolicy, web_root: str, *, health: Health, metrics: Metrics,
     stats: StatsReport, delays: tuple[float, float] = (5.0, 300.0), access_log: bool = False,
+    hosts: frozenset[str] | None = None, public_url: str | None = None,
 ) -> tornado.web.Application:
-    """The route table: every URL Calo Jobs answers."""
+    """The route table: every URL Calo Jobs answers. `hosts`: the Host names answered
+    (calo.access.answered_hosts); None answers any. `public_url`: --public-url."""
     api = {"service": service, "access": access}
     routes: list[Route] = [
         (r"/", IndexHandler, {"delays": delays}),
-        (r"/openapi.json", OpenApiHandler),
+        (r"/openapi.json", OpenApiHandler, {"document_json": document_json(access)}),
         (r"/jobs", JobsHandler, api),
         (r"/jobs/retry-failed", RetryFailedHandler, api),  # before /jobs/{id}: never a job id
         (r"/jobs/([^/]+)", JobHandler, api),
@@ -111,6 +113,7 @@ def make_app(
     app = tornado.web.Application(
         routes,
         static_path=os.path.join(web_root, "static"),
+        static_handler_class=StaticFiles,
         template_path=os.path.join(web_root, "templates"),
         default_handler_class=NotFoundHandler,
         default_handler_args=api,
@@ -118,6 +121,8 @@ def make_app(
         websocket_ping_timeout=WEBSOCKET_PING_SECONDS,
         websocket_max_message_size=MAX_CLIENT_MESSAGE_BYTES,  # refused from the frame header
         log_function=access_logger(access_log),  # logfmt lines with each X-Request-Id
+        calo_hosts=hosts,  # read by calo.errors.JsonErrors.check_host, on every route
+        calo_public_url=public_url,  # read by calo.api's Link headers
     )
     app.add_transform(RequestIdTransform)
     return app
@@ -200,6 +205,7 @@ class Calo:
             self.service, self.hub, access, self.web_root, health=self.health, metrics=self.metrics,
             stats=StatsReport(self.service, self.activity, self.health),
             delays=(settings.delay_min, settings.delay_max), access_log=settings.access_log,
+            hosts=answered_hosts(settings.host, settings.allowed_hosts), public_url=settings.public_url,
         )
 
     def _start_watching(self, storage: Storage, recovery: dict[str, int]) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from tornado.netutil import bind_sockets
 
+from calo import __version__
 from calo.app import Calo
 from calo.config import ConfigError, Settings, help_text, parse_settings
 from calo.export import read_export
@@ -123,11 +124,24 @@ def import_json(settings: Settings, path: str) -> None:
     log.info("imported %d jobs from %s into %s", count, path, database.path)
 
 
+def print_out(text: str) -> int:
+    """Print to stdout and return 0; a reader that stops early (`--help | head -1`) is
+    not an error."""
+    try:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would try to flush again at exit and report the broken pipe then.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(help_text())
-        return 0
+        return print_out(help_text())
+    if "--version" in argv:
+        return print_out(f"calo-server {__version__}")
     try:
         settings = parse_settings(argv)
     except ConfigError as exc:

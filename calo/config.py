@@ -15,8 +15,11 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
+
+HOST_NAME = re.compile(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]")  # a name, an IPv4 or a [IPv6] address
 
 
 class ConfigError(Exception):
@@ -81,6 +84,35 @@ def _origins(text: str) -> tuple[str, ...]:
         if not origin.startswith(("http://", "https://")) or "/" in origin.split("://", 1)[1]:
             raise ValueError("must be origins like https://example.com:8443, separated by commas")
     return origins
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    hosts = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    for host in hosts:
+        if host != "*" and not HOST_NAME.fullmatch(host):
+            raise ValueError("must be host names or addresses without a port (or *), separated by commas")
+    return hosts
+
+
+def _public_url(text: str) -> str | None:
+    if not text:
+        return None
+    url = _url(text)
+    if "?" in url or "#" in url:
+        raise ValueError("must be an http:// or https:// URL without query or fragment")
+    return url
+
+
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750's b64token
+
+
+def _api_token(text: str) -> str | None:
+    if not text:
+        return None
+    if not BEARER_TOKEN.fullmatch(text):
+        raise ValueError("must be a bearer token: ASCII letters, digits and -._~+/ (then = padding), "
+                         "e.g. from `openssl rand -hex 32`")
+    return text
 
 
 def _database_url(text: str) -> str | None:
@@ -157,13 +189,19 @@ SETTINGS: tuple[Setting, ...] = (
             "stuck: /readyz answers 503 and the systemd watchdog is not pinged"),
     Setting("allowed_origins", "--allowed-origins", ("CALO_ALLOWED_ORIGINS",), _origins, (),
             "comma-separated origins (https://host:port) allowed to use the WebSocket and, by CORS, the API"),
+    Setting("allowed_hosts", "--allowed-hosts", ("CALO_ALLOWED_HOSTS",), _hosts, (),
+            "comma-separated host names the server answers to (Host header, any port); others get 421. "
+            "Unset: localhost, 127.0.0.1 and [::1] when --host is a loopback address, else any (*)"),
+    Setting("public_url", "--public-url", ("CALO_PUBLIC_URL",), _public_url, None,
+            "the URL clients reach this server at (https://jobs.example, behind a proxy); Link headers "
+            "are built from it"),
     Setting("private", "--private", ("CALO_PRIVATE",), _flag, False,
             "with CALO_API_TOKEN: require the token for reads too"),
     Setting("access_log", "--access-log", ("CALO_ACCESS_LOG",), _flag, False,
             "log every successful request too (errors are always logged)"),
     Setting("import_json", "--import-json", ("CALO_IMPORT_JSON",), _optional_text, None,
             "rebuild an empty or missing calo.db from this jobs.json export, then exit"),
-    Setting("api_token", None, ("CALO_API_TOKEN",), _optional_text, None,
+    Setting("api_token", None, ("CALO_API_TOKEN",), _api_token, None,
             "when set, creating and retrying jobs require 'Authorization: Bearer <token>'"),
     Setting("unsplash_access_key", None, ("CALO_UNSPLASH_ACCESS_KEY", "UNSPLASH_ACCESS_KEY"),
             _optional_text, None, "Unsplash access key; without one, bundled demo images are used"),
@@ -203,6 +241,8 @@ class Settings:
     retain_days: float | None
     stuck_after: float
     allowed_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    public_url: str | None
     private: bool
     access_log: bool
     import_json: str | None
@@ -226,31 +266,57 @@ def _parser() -> argparse.ArgumentParser:
             env_names = "/".join(setting.env)
             switch: dict[str, Any] = {"nargs": "?", "const": "true"} if setting.parse is _flag else {}
             parser.add_argument(
-                setting.flag, dest=setting.name, metavar="VALUE", **switch,
-                help=f"{setting.help} (env {env_names}; default {setting.default})",
+                setting.flag, dest=setting.name, metavar=_metavar(setting), **switch,
+                help=f"{setting.help} (env {env_names}; default: {_shown_default(setting)})",
             )
     return parser
 
 
-def _raw_value(setting: Setting, flags: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+def _metavar(setting: Setting) -> str:
+    """What `--help` shows a flag takes: HOST, PORT, SECONDS, ..."""
+    by_name = {"host": "ADDRESS", "data_dir": "DIR", "import_json": "FILE", "database_url": "URL"}
+    by_parse: dict[Callable[[str], Any], str] = {
+        _port: "PORT", _positive_int: "N", _seconds: "SECONDS", _optional_days: "DAYS", _origins: "ORIGINS",
+        _hosts: "HOSTS", _public_url: "URL", _url: "URL", _flag: "BOOL",
+    }
+    return by_name.get(setting.name) or by_parse.get(setting.parse, "TEXT")
+
+
+def _shown_default(setting: Setting) -> str:
+    value = setting.default
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _raw_value(setting: Setting, flags: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """(the text given, where: the flag or the environment variable) or None."""
     from_flag: str | None = getattr(flags, setting.name, None)
-    if from_flag is not None:
-        return from_flag
-    return next((environ[name] for name in setting.env if name in environ), None)
+    if from_flag is not None and setting.flag:
+        return from_flag, setting.flag
+    return next(((environ[name], name) for name in setting.env if name in environ), None)
 
 
-def _check_together(settings: Settings) -> None:
+def _check_together(settings: Settings, given: Mapping[str, str]) -> None:
+    """Checks across settings; `given` maps a setting to the flag or variable that set it."""
+    def where(name: str) -> str:
+        return given.get(name) or next(s.flag or s.env[0] for s in SETTINGS if s.name == name)
+
     if settings.delay_min > settings.delay_max:
         raise ConfigError(
-            f"--delay-min ({settings.delay_min:g}) must not be greater than "
-            f"--delay-max ({settings.delay_max:g})"
+            f"{where('delay_min')} ({settings.delay_min:g}) must not be greater than "
+            f"{where('delay_max')} ({settings.delay_max:g})"
         )
     if settings.write_timeout <= 0:
         raise ConfigError("--write-timeout must be greater than 0")
     if settings.delay_step <= 0:
-        raise ConfigError("--delay-step must be greater than 0")
+        raise ConfigError(f"{where('delay_step')} must be greater than 0")
     if settings.unsplash_batch > 30:
-        raise ConfigError("--unsplash-batch must be between 1 and 30 (Unsplash's maximum)")
+        raise ConfigError(f"{where('unsplash_batch')} must be between 1 and 30 (Unsplash's maximum)")
 
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
@@ -258,19 +324,21 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None
     environ = os.environ if environ is None else environ
     flags = _parser().parse_args(list(argv))
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    given: dict[str, str] = {}
     for setting in SETTINGS:
-        raw = _raw_value(setting, flags, environ)
-        if raw is None:
+        found = _raw_value(setting, flags, environ)
+        if found is None:
             continue
+        raw, where = found
+        given[setting.name] = where
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:
-            where = setting.flag or setting.env[0]
             reason = str(exc) if "must" in str(exc) else "is not a valid value"
             shown = "(hidden)" if setting.name in SECRETS else repr(raw)
             raise ConfigError(f"{where} {reason}: {shown}") from None
     settings = Settings(**values)
-    _check_together(settings)
+    _check_together(settings, given)
     return settings
 
 

@@ -1,12 +1,19 @@
-"""Errors as JSON, the one shape of every non-2xx answer, and how handler failures are logged.
+"""What every answer of every route has in common: JSON errors, methods, security headers.
 
-Owns the error contract shared by every route (README "Errors"):
+Owns the parts of the HTTP contract that are not one route's (README "The API"):
+- errors: every non-2xx answer is `{"error": {"code": "...", "message": "..."}}` with
+  `Content-Type: application/json`: a handler's `ApiError`, Tornado's own errors (405, 400
+  for a malformed request), unexpected exceptions (500), static files and the WebSocket's
+  refused upgrades alike;
+- security headers on every answer: `nosniff`, no referrer, no framing, no `Server`
+  version, and a CSP that lets a JSON answer run nothing (the page sets its own);
+- methods: `HEAD` answers every `GET` route like `GET` without a body; `OPTIONS` answers
+  204 with `Allow`; any other method a route does not implement is a 405 with `Allow`,
+  decided before any access check (so a token never turns it into a 401).
 
-    {"error": {"code": "job_not_found", "message": "no job with this id"}}
-
-`ApiError` is raised by handlers for an answer they mean; `JsonErrors` (a handler mixin)
-turns it, Tornado's own errors (405, 400 for a malformed request) and unexpected
-exceptions (500) into that shape, with `Allow` on every 405.
+Mix `JsonErrors` into every handler, before the Tornado class:
+`class JobsHandler(JsonErrors, tornado.web.RequestHandler)`. (Named for its first duty; it
+carries the methods too, since a 405's `Allow` and `OPTIONS` must agree.)
 
 Logging: a request's failure is told by its access line (calo.requestlog), which shows the
 path and never the query string. Unexpected exceptions are logged once more with their
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 
@@ -33,9 +41,16 @@ log = logging.getLogger("calo.errors")
 JSON_TYPE = "application/json; charset=utf-8"
 ERROR_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 421: "misdirected_request",
-    503: "unavailable",
+    405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
+    421: "misdirected_request", 426: "upgrade_required", 503: "unavailable",
 }
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",  # frame-ancestors' older twin
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # in the order Allow lists them
 
 
 class ApiError(tornado.web.HTTPError):
@@ -52,18 +67,55 @@ def error_json(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message}})
 
 
-def allowed_methods(handler: tornado.web.RequestHandler) -> list[str]:
-    """The methods `handler`'s class implements, for `Allow` on a 405."""
-    methods = [
-        method for method in handler.SUPPORTED_METHODS
-        if getattr(type(handler), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
-    ]
-    return sorted(set(methods) | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"})
+def allowed_methods(handler_class: type) -> tuple[str, ...]:
+    """The methods a handler class answers: those it implements, HEAD with GET, OPTIONS."""
+    def implements(method: str) -> bool:
+        if method == "HEAD":
+            return implements("GET")
+        return getattr(handler_class, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+
+    return (*(method for method in METHODS if implements(method)), "OPTIONS")
 
 
 class JsonErrors(tornado.web.RequestHandler):
-    """Handler mixin, listed before the handler's Tornado base: every error answer is
-    JSON, and logged without its URI."""
+    """Handler mixin, listed before the handler's Tornado base: JSON errors, HEAD, OPTIONS,
+    405 with Allow, the Host check, security headers; no URI in logs."""
+
+    calo_error_code: str | None = None  # the error answered, for the access line
+
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+        self.clear_header("Server")  # Tornado's names its version
+
+    def check_request(self) -> None:
+        """421 for a Host we do not answer to, 405 for a method this route does not
+        answer; call first in `prepare`."""
+        self.check_host()
+        if self.request.method not in allowed_methods(type(self)):
+            raise tornado.web.HTTPError(405)
+
+    def check_host(self) -> None:
+        """The Host header must name us (application setting `calo_hosts`, from
+        calo.access.answered_hosts; None answers any)."""
+        hosts = self.settings.get("calo_hosts")
+        if hosts is not None and self.request.host_name not in hosts:
+            raise ApiError(421, "unknown_host", "this server does not answer to that Host name "
+                           "(see --allowed-hosts)")
+
+    def prepare(self) -> Awaitable[None] | None:
+        self.check_request()
+        return None
+
+    def head(self, *args: Any, **kwargs: Any) -> Any:
+        """As GET; Tornado drops the body of an answer to HEAD and keeps its length."""
+        return self.get(*args, **kwargs)
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """204 with Allow (and, on the API, CORS preflight headers from set_default_headers)."""
+        self.set_header("Allow", ", ".join(allowed_methods(type(self))))
+        self.set_status(204)
+        self.finish()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         handler = self
@@ -76,8 +128,9 @@ class JsonErrors(tornado.web.RequestHandler):
             code = ERROR_CODES.get(status_code, "internal_error" if status_code >= 500 else "error")
             message = handler._reason if status_code < 500 else "internal server error"
         if status_code == 405:
-            handler.set_header("Allow", ", ".join(allowed_methods(handler)))
+            handler.set_header("Allow", ", ".join(allowed_methods(type(self))))
         handler.set_header("Content-Type", JSON_TYPE)
+        self.calo_error_code = code  # for the access line (calo.requestlog)
         handler.finish(error_json(code, message))
 
     def log_exception(

@@ -40,6 +40,7 @@ import tornado.web
 
 from calo.clock import iso_utc
 from calo.clockwatch import Repeating
+from calo.errors import JSON_TYPE, JsonErrors
 from calo.jobs import FAILED, PENDING, RESOLVED
 from calo.storage.base import StoreError
 
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("calo.health")
 
-JSON_TYPE = "application/json; charset=utf-8"
 WRITE_CHECK_SECONDS = 2.0
 REQUIRED = ("database", "recovery", "scheduler")
 REFRESH_EVERY_SECONDS = 1.0
@@ -140,11 +140,12 @@ class Health:
             job_id, due_at = oldest
             runnable_since = self._runnable_since(due_at)
             waited = 0 if runnable_since is None else self._clock.monotonic() - runnable_since
-            check["oldest_overdue"] = {
-                "id": job_id, "due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000,
-            }
+            # Counts and times, never an id: /readyz needs no token, even with --private.
+            check["oldest_overdue"] = {"due_at": iso_utc(due_at), "overdue_seconds": (now - due_at) / 1000}
             check["ok"] = waited <= self._stuck_after_ms
-        self._note(check)
+            self._note(check, job_id)
+        else:
+            self._note(check, None)
         return check
 
     def scheduler_ok(self) -> bool:
@@ -164,12 +165,12 @@ class Health:
             since.append(state.get("since") or 0)
         return max(since)
 
-    def _note(self, check: dict[str, Any]) -> None:
+    def _note(self, check: dict[str, Any], job_id: str | None) -> None:
+        """Log when the scheduler turns stuck (naming the job, for the operator) or recovers."""
         stuck = not check["ok"]
         if stuck and not self._stuck:
-            overdue = check["oldest_overdue"]
             log.error("scheduler stuck: job %s due at %s is still pending with the upstream healthy; not ready",
-                      overdue["id"], overdue["due_at"])
+                      job_id, check["oldest_overdue"]["due_at"])
         elif self._stuck and not stuck:
             log.info("scheduler caught up: ready again")
         self._stuck = stuck
@@ -195,20 +196,17 @@ class Health:
         return f"{jobs} upstream={self.upstream()['state']}"
 
 
-class OpsHandler(tornado.web.RequestHandler):
+class OpsHandler(JsonErrors, tornado.web.RequestHandler):
     """Base of the operator endpoints: JSON answers, errors in the API's shape, never cached."""
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         self.set_header("Cache-Control", "no-store")
 
     def write_json(self, body: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", JSON_TYPE)
         self.finish(json.dumps(body, separators=(",", ":")))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        code = "method_not_allowed" if status_code == 405 else "internal_error" if status_code >= 500 else "error"
-        self.write_json({"error": {"code": code, "message": self._reason}}, status_code)
 
 
 class HealthzHandler(OpsHandler):

@@ -163,6 +163,9 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         """Refuse, as JSON, what Tornado's `get` would refuse as text, then check the
         token and `since`. Tornado repeats its checks after this; they pass by then."""
+        self.check_request()
+        if self.request.method == "OPTIONS":
+            return
         self._check_upgrade()
         if self._check_cross_origin(self.check_origin) is not None:
             raise ApiError(403, "origin_not_allowed", "this origin may not open the WebSocket (see --allowed-origins)")
@@ -178,7 +181,8 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
     def _check_upgrade(self) -> None:
         headers = self.request.headers
         connection = {part.strip().lower() for part in headers.get("Connection", "").split(",")}
-        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+        upgrade = headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in connection
+        if self.request.method != "GET" or not upgrade:
             raise ApiError(426, "upgrade_required", "this is a WebSocket: upgrade the connection",
                            {"Upgrade": "websocket"})
         if headers.get("Sec-WebSocket-Version") != "13":

@@ -14,6 +14,7 @@ it from its repr, and the client never puts it in a message).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -27,9 +28,11 @@ MAX_KINDS = 1000  # kinds remembered at most; the oldest window is forgotten fir
 
 
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\t'):
+    """Bare when plain; else a JSON string, so that no value (a path from a client, a
+    message) can forge a field, break the line or send control characters to a terminal."""
+    if value and value.isprintable() and not any(c in value for c in ' "='):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return json.dumps(value)
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -47,6 +50,19 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info:
             line += f" exc={_quote(self.formatException(record.exc_info))}"
         return line
+
+
+class HideRequestBytes(logging.Filter):
+    """Tornado logs a malformed request with its parse error, and the error can quote the
+    request's own bytes (`Invalid header value 'Bearer <token>\\x01'`, a query string):
+    keep who sent it, drop what it sent."""
+
+    MALFORMED = "Malformed HTTP message from %s: %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "tornado.general" and record.msg == self.MALFORMED and isinstance(record.args, tuple):
+            record.msg, record.args = "malformed HTTP request from %s", record.args[:1]
+        return True
 
 
 class RateLimit(logging.Filter):
@@ -93,6 +109,7 @@ class RateLimit(logging.Filter):
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(HideRequestBytes())
     handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]

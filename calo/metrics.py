@@ -22,13 +22,15 @@ Must never: block the IOLoop, export a secret, or use the global default registr
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from tornado.ioloop import IOLoop
 
 from calo.health import Health, OpsHandler
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
     from calo.throttle import UpstreamGate
     from calo.unsplash import PhotoSource
     from calo.upkeep import Upkeep
+
+# The client library adds a `*_created` gauge (a start timestamp) beside every counter and
+# histogram; no query of ours uses them and they double the series. Process-wide switch.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped in prometheus_client)
 
 LATENESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -72,6 +78,7 @@ class Metrics:
             "calo_upstream_requests", "Photo fetches by outcome (ok, or the error code)", ["outcome"],
             registry=self.registry,
         )
+        self.upstream_requests.labels("ok")  # present at 0 from the start, not after the first fetch
         self.loop_lag = Histogram(
             "calo_ioloop_lag_seconds", "How late an IOLoop timer fired: time the loop was busy elsewhere",
             buckets=LAG_BUCKETS, registry=self.registry,
@@ -87,8 +94,11 @@ class Metrics:
             if event.lateness_ms is not None:
                 self._lateness.observe(max(0, event.lateness_ms) / 1000)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """(body, Content-Type): OpenMetrics when `accept` asks for it, else the
+        Prometheus text format."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
 
 class MeteredSource:
@@ -219,12 +229,13 @@ class LiveCollector:
         for name in UPSTREAM_STATES:
             state.add_metric([name], 1 if name == current else 0)
         yield state
-        if self._gate.rate_remaining is not None:
-            yield GaugeMetricFamily("calo_upstream_rate_limit_remaining", "Requests left in the upstream's "
-                                    "budget (X-Ratelimit-Remaining)", value=self._gate.rate_remaining)
-        if self._gate.rate_limit is not None:
-            yield GaugeMetricFamily("calo_upstream_rate_limit", "The upstream's request budget per window "
-                                    "(X-Ratelimit-Limit)", value=self._gate.rate_limit)
+        # Always present (NaN until Unsplash has told us), so that absent() alerts mean "down".
+        remaining, limit = self._gate.rate_remaining, self._gate.rate_limit
+        yield GaugeMetricFamily("calo_upstream_rate_limit_remaining", "Requests left in the upstream's "
+                                "budget (X-Ratelimit-Remaining; NaN until known)",
+                                value=math.nan if remaining is None else remaining)
+        yield GaugeMetricFamily("calo_upstream_rate_limit", "The upstream's request budget per window "
+                                "(X-Ratelimit-Limit; NaN until known)", value=math.nan if limit is None else limit)
 
     def _upkeep_runs(self) -> Iterator[Metric]:
         labels = ["task"]
@@ -236,11 +247,11 @@ class LiveCollector:
         exporter = self._exporter
         runs.append(("export_json", exporter.last_run_at, exporter.last_duration, exporter.last_ok))
         for name, run_at, took, worked in runs:
-            if run_at is None:  # not run yet: no sample rather than a misleading 0
-                continue
-            last_run.add_metric([name], run_at / 1000)
+            # Not run yet: timestamp 0 (never) and ok 1 (nothing failed), so that every
+            # series exists from the start and absent() alerts mean "down".
+            last_run.add_metric([name], 0 if run_at is None else run_at / 1000)
             duration.add_metric([name], took or 0.0)
-            ok.add_metric([name], 1 if worked else 0)
+            ok.add_metric([name], 1 if run_at is None or worked else 0)
         yield from (last_run, duration, ok)
 
 
@@ -256,5 +267,6 @@ class MetricsHandler(OpsHandler):
             await self.health.refresh()  # the job counts and the oldest pending job
         except StoreError:
             pass  # the last known counts; /readyz says what is wrong
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(self.metrics.render())
+        body, content_type = self.metrics.render(self.request.headers.get("Accept", ""))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)

@@ -10,12 +10,16 @@ Must never: describe behaviour the handlers do not have.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from calo import __version__
+from calo.errors import JSON_TYPE, JsonErrors
 from calo.jobs import STATUSES
+
+if TYPE_CHECKING:
+    from calo.access import AccessPolicy
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -134,15 +138,23 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {400: "bad parameter, body or header", 401: "the API token is required",
-               404: "no such job", 409: "the job's status does not allow this", 413: "body over 64 KiB",
+               403: "a page from a foreign origin may not change jobs", 404: "no such job",
+               409: "the job's status does not allow this", 413: "body over 64 KiB",
+               415: "a body that is not JSON", 421: "a Host name this server does not answer to",
                503: "too many pending jobs, or storage unavailable; see Retry-After"}
-    return {str(status): _json(_ref("Error"), reasons[status]) for status in statuses}
+    return {str(status): _json(_ref("Error"), reasons[status]) for status in (*statuses, 421)}
+
+
+# POSTs take no fields: an empty body or {} (anything else is a 400 naming the fields).
+NO_FIELDS = {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "maxProperties": 0, "additionalProperties": False}}}}
+MAX_INT64 = (1 << 63) - 1
 
 
 JOB_ID = {"name": "id", "in": "path", "required": True, "schema": STRING}
 LOCATION = {"Location": {"schema": STRING, "description": "/jobs/{id}"}}
 
-PATHS = {
+PATHS: dict[str, dict[str, dict[str, Any]]] = {
     "/jobs": {
         "get": {
             "summary": "List jobs, newest first",
@@ -150,8 +162,8 @@ PATHS = {
                 {"name": "status", "in": "query", "schema": SCHEMAS["Job"]["properties"]["status"]},
                 {"name": "limit", "in": "query",
                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
-                {"name": "cursor", "in": "query", "schema": STRING,
-                 "description": "opaque; take it from the Link header's next URL"},
+                {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT64},
+                 "description": "the page after this position; take it from the Link header's next URL"},
             ],
             "responses": {
                 "200": _json({"type": "array", "items": _ref("Job")}, "a page of jobs",
@@ -166,11 +178,11 @@ PATHS = {
                  "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,200}$"},
                  "description": "a repeated key returns the same job (200) and creates nothing"},
             ],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "requestBody": NO_FIELDS,
             "responses": {
                 "201": _json(_ref("Job"), "created, durably", LOCATION),
                 "200": _json(_ref("Job"), "this key was used before: that job", LOCATION),
-                **_errors(400, 401, 413, 503),
+                **_errors(400, 401, 403, 413, 415, 503),
             },
         },
     },
@@ -178,23 +190,26 @@ PATHS = {
         "get": {
             "summary": "One job",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(_ref("Job"), "the job"), **_errors(401, 404)},
+            "responses": {"200": _json(_ref("Job"), "the job"), **_errors(400, 401, 404)},
         },
     },
     "/jobs/{id}/retry": {
         "post": {
             "summary": "Put a failed job back to pending, due now",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(_ref("Job"), "the job, pending again"), **_errors(401, 404, 409, 413, 503)},
+            "requestBody": NO_FIELDS,
+            "responses": {"200": _json(_ref("Job"), "the job, pending again"),
+                          **_errors(400, 401, 403, 404, 409, 413, 415, 503)},
         },
     },
     "/jobs/retry-failed": {
         "post": {
             "summary": "Put every failed job back to pending, due now",
+            "requestBody": NO_FIELDS,
             "responses": {
                 "200": _json({"type": "object", "required": ["retried"],
                               "properties": {"retried": {**INTEGER, "minimum": 0}}}, "how many were retried"),
-                **_errors(401, 413, 503),
+                **_errors(400, 401, 403, 413, 415, 503),
             },
         },
     },
@@ -204,7 +219,9 @@ PATHS = {
             "description": "409 job_not_pending unless it is pending; 409 job_resolving once its photo is "
             "being recorded.",
             "parameters": [JOB_ID],
-            "responses": {"200": _json(_ref("Job"), "the job, cancelled"), **_errors(401, 404, 409, 413, 503)},
+            "requestBody": NO_FIELDS,
+            "responses": {"200": _json(_ref("Job"), "the job, cancelled"),
+                          **_errors(400, 401, 403, 404, 409, 413, 415, 503)},
         },
     },
     "/jobs/{id}/events": {
@@ -212,7 +229,8 @@ PATHS = {
             "summary": "The job's timeline: its retained events, oldest first",
             "parameters": [
                 JOB_ID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0},
+                {"name": "after", "in": "query",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT64, "default": 0},
                  "description": "only events with a higher seq (the Link header's next URL sets it)"},
             ],
             "responses": {
@@ -225,7 +243,7 @@ PATHS = {
     "/stats": {
         "get": {
             "summary": "The dashboard's numbers: counts by status, the last hour per minute, the upstream",
-            "responses": {"200": _json(_ref("Stats"), "the numbers"), **_errors(401)},
+            "responses": {"200": _json(_ref("Stats"), "the numbers"), **_errors(400, 401)},
         },
     },
 }
@@ -242,13 +260,41 @@ DOCUMENT: dict[str, Any] = {
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                       "description": "only when CALO_API_TOKEN is set"}},
+                                       "description": "CALO_API_TOKEN: for changes when it is set; with "
+                                       "--private, for everything"}},
     },
 }
-DOCUMENT_JSON = json.dumps(DOCUMENT, indent=1)
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
-class OpenApiHandler(tornado.web.RequestHandler):
+def document(access: AccessPolicy) -> dict[str, Any]:
+    """The document as this server's access rules make it: the bearer scheme on exactly
+    the operations that need the token (none without one; POSTs with one; every
+    operation with --private), and 401 among the answers of those only."""
+    paths: dict[str, Any] = {}
+    for path, operations in PATHS.items():
+        paths[path] = {}
+        for method, operation in operations.items():
+            stated: dict[str, Any] = dict(operation)
+            if access.needs_token(method.upper()):
+                stated["security"] = BEARER
+            else:
+                responses: dict[str, Any] = stated["responses"]
+                stated["responses"] = {code: answer for code, answer in responses.items() if code != "401"}
+            paths[path][method] = stated
+    return {**DOCUMENT, "paths": paths}
+
+
+def document_json(access: AccessPolicy) -> str:
+    return json.dumps(document(access), indent=1)
+
+
+class OpenApiHandler(JsonErrors, tornado.web.RequestHandler):
+    """GET /openapi.json: the document, as `document(access)` makes it."""
+
+    def initialize(self, document_json: str) -> None:
+        self.document_json = document_json
+
     def get(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(DOCUMENT_JSON)
+        self.set_header("Content-Type", JSON_TYPE)
+        self.finish(self.document_json)

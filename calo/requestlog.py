@@ -8,6 +8,9 @@ else a new random one. The id goes back as the `X-Request-Id` header on every an
     ts=... level=info logger=calo.access msg=request method=GET path=/jobs status=200
     duration_ms=1.8 request_id=4f1c0e9a2b7d6c35 remote=127.0.0.1
 
+Client errors (4xx) are logged at info with their `error` code (e.g. `error=bad_parameter`):
+they are the client's to mend. Server errors (5xx) are errors.
+
 Wiring (calo/app.py): `RequestIdTransform` is added to the Application's output transforms
 and `log_request` is its `log_function` setting.
 
@@ -78,7 +81,7 @@ def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> Non
     if status >= 500:
         level = logging.ERROR
     elif status >= 400:
-        level = logging.WARNING
+        level = logging.INFO  # the client's mistake: the operator has nothing to do
     elif request.path in QUIET_PATHS:
         level = logging.DEBUG
     else:
@@ -90,4 +93,7 @@ def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> Non
         "duration_ms": f"{request.request_time() * 1000:.1f}",
         "request_id": request_id(request), "remote": request.remote_ip,
     }
+    code = getattr(handler, "calo_error_code", None)  # set by calo.errors on every error answer
+    if code is not None:
+        fields["error"] = code
     log.log(level, "request", extra={"fields": fields, "rate_key": status})  # a kind per status

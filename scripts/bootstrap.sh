@@ -11,6 +11,14 @@ if [ ! -x .venv/bin/python ]; then
     rm -rf .venv && "$python" -m venv .venv
   fi
 fi
-extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+extra="" stamp=.venv/.calo-installed
+[ "${1:-}" = "--test" ] && extra="[test]" stamp=.venv/.calo-installed-test
+# The install is editable, so only a changed setup.py (its dependencies) needs pip again:
+# the stamp holds setup.py's hash from the last install (a test install serves a plain run).
+want=$(sha256sum setup.py | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || \
+   { [ -z "$extra" ] && [ "$(cat .venv/.calo-installed-test 2>/dev/null)" = "$want" ]; }; then
+  exit 0
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+echo "$want" > "$stamp"

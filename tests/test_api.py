@@ -32,15 +32,21 @@ async def test_post_creates_a_pending_job_committed_before_the_answer(http_serve
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("payload", ["", "{}", '{"ignored": 1}'])
+@pytest.mark.parametrize("payload", ["", "{}", " { } "])
 async def test_post_accepts_an_empty_body_or_an_object(http_server, http_client, base_url, payload):
     assert (await create(http_client, base_url, body=payload)).code == 201
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("payload", ["{", "[]", "3", '"text"', "\xff"])
+@pytest.mark.parametrize("payload", ["{", "[]", "3", '"text"', "\xff", "[" * 50_000])
 async def test_post_rejects_a_body_that_is_not_a_json_object(http_server, http_client, base_url, payload):
     assert_error(await create(http_client, base_url, body=payload), 400, "bad_json")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("payload", ['{"ignored": 1}', '{"delay_seconds": 5}', '{"": null}'])
+async def test_post_refuses_fields_it_does_not_take(http_server, http_client, base_url, payload):
+    assert_error(await create(http_client, base_url, body=payload), 400, "unknown_field")
 
 
 @pytest.mark.gen_test

@@ -125,12 +125,13 @@ def test_slow_clients_are_cut_off_without_blocking_others(server_process):
     server = server_process("--client-timeout", "1")
     host, port = server.url.split("//")[1].split(":")
     slow_headers = socket.create_connection((host, int(port)))
-    slow_headers.sendall(b"GET /jobs HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest
+    slow_headers.sendall(b"GET /jobs HTTP/1.1\r\nHost: localhost\r\n")  # ... and never the rest
     slow_body = socket.create_connection((host, int(port)))
-    slow_body.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    slow_body.sendall(b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
     silent = socket.create_connection((host, int(port)))  # connects, never sends a byte
     idle = socket.create_connection((host, int(port)))  # one request, then an idle keep-alive
-    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert idle.recv(4096).startswith(b"HTTP/1.1 200")
     live = raw_websocket_that_never_reads(int(port))  # headers done: never cut off as slow
     assert server.get("/jobs").status_code == 200  # others are served meanwhile

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from calo.live import MAX_CLIENT_MESSAGE_BYTES
 
-TOKEN = "s3cret+/= tökén"  # characters that base64 (not base64url) and URLs would mangle
+TOKEN = "s3cret+/~._-T0KEN=="  # characters that base64 (not base64url) and URLs would mangle
 PRIVATE = pytest.mark.calo_flags("--private")
 WITH_TOKEN = pytest.mark.calo_env(CALO_API_TOKEN=TOKEN)
 

@@ -91,7 +91,8 @@ def test_every_answer_has_a_request_id_and_one_access_line_without_the_query(ser
     assert "level=info" in line and "method=GET" in line and "status=200" in line
     assert "request_id=proxy-7f3a" in line and re.search(r"duration_ms=\d+\.\d", line)
     [missing] = access_lines(server, "/jobs/no-such-job")
-    assert "level=warning" in missing and f"request_id={made.headers['X-Request-Id']}" in missing
+    assert "level=info" in missing and "error=job_not_found" in missing  # the client's mistake
+    assert f"request_id={made.headers['X-Request-Id']}" in missing
     assert access_lines(server, "/healthz") == []  # probes log at debug level only
     assert not any("TOPSECRET" in line for line in server.lines)  # never the query string
 
@@ -174,7 +175,7 @@ async def test_a_wal_checkpoint_runs_on_the_writer_and_truncates_the_wal(http_se
 
     await wait_until(truncated)
     samples = {(s.name, frozenset(s.labels.items())): s.value
-               for f in text_string_to_metric_families(calo.metrics.render().decode()) for s in f.samples}
+               for f in text_string_to_metric_families(calo.metrics.render("")[0].decode()) for s in f.samples}
     assert value(samples, "calo_upkeep_last_run_ok", task="checkpoint_wal") == 1
 
 

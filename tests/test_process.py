@@ -88,7 +88,7 @@ def test_bad_settings_exit_nonzero_with_one_line_naming_the_setting(tmp_path):
     cases = [
         (["--port", "70000"], {}, "--port"),
         (["--port", "eighty"], {}, "--port"),
-        ([], {"CALO_PORT": "-1"}, "--port"),
+        ([], {"CALO_PORT": "-1"}, "CALO_PORT"),  # the variable it came from, not the flag
         (["--delay-min", "10", "--delay-max", "5"], {}, "--delay-min"),
         (["--delay-step", "0"], {}, "--delay-step"),
         (["--workers", "0"], {}, "--workers"),

@@ -116,7 +116,7 @@ def test_a_stuck_scheduler_is_not_ready_and_stops_the_watchdog_until_restarted(
     not_ready = poll(lambda: (r := server.get("/readyz")).status_code == 503 and r.json())
     scheduler = not_ready["checks"]["scheduler"]
     assert not_ready["ready"] is False and scheduler["ok"] is False
-    assert scheduler["oldest_overdue"]["id"] == job_id and scheduler["oldest_overdue"]["overdue_seconds"] >= 120
+    assert scheduler["oldest_overdue"]["overdue_seconds"] >= 120 and job_id not in str(not_ready)  # never an id
     assert not_ready["checks"]["upstream"]["state"] == "ok" and not_ready["checks"]["database"]["ok"] is True
     notify_socket.drain()  # pings sent before the server found itself stuck
     assert [m for m in notify_socket.messages_during(1.0) if "WATCHDOG" in m] == []  # 5 periods

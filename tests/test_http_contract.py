@@ -1,0 +1,282 @@
+"""The HTTP contract every route keeps, whatever a client sends (README "The API"):
+hostile values in every parameter answer JSON 4xx and never a 500 or a traceback; HEAD,
+OPTIONS and 405 with Allow on every route; security headers; foreign origins and foreign
+Host names refused; the token never in a log line. Real server processes over loopback,
+raw sockets where no HTTP library would send the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.parse
+
+import pytest
+import requests
+
+from calo.access import answered_hosts
+from tests.http_raw import Answer, exchange
+
+TOKEN = "tok-3f9a+/_~.SECRET=="
+AUTH = {b"Authorization": b"Bearer " + TOKEN.encode()}
+JSON_POST = {**AUTH, b"Content-Type": b"application/json"}
+CURSOR_PAST_64_BITS = base64.urlsafe_b64encode(b"n:99999999999999999999999").rstrip(b"=")
+
+# Values for any text parameter, as they appear on the wire (already percent-encoded
+# where a client would encode them; raw bytes where a hostile one would not).
+HOSTILE = [
+    b"%C2%B2", b"%D9%A1", b"%EF%BC%95", b"%E2%85%A0",  # digits of other scripts: 2, 1, 5, Roman I
+    b"-1", b"%2B1", b"+1", b"%201", b"1%20", b"1_000", b"0x10", b"1e3", b"1.0",  # signs, spaces, forms
+    b"99999999999999999999", b"18446744073709551616", b"9223372036854775808",  # past 64 bits
+    b"", b"%00", b"1%002", b"%FF%FE", b"%C3%28", b"%ED%A0%80",  # empty, NUL, invalid UTF-8, a surrogate
+    b"%", b"%G1", b"%%%", b"%E2%82", b"%5B" * 2000, b"A" * 8000,  # junk, nesting, overlong
+    b"\xff\xfe", b"%0D%0ASet-Cookie:%20x=1", b"%3Cscript%3E", CURSOR_PAST_64_BITS,
+]
+QUERIES = {  # route -> its query parameters
+    b"/jobs": [b"status", b"limit", b"cursor"],
+    b"/ws": [b"since", b"access_token"],
+    b"/": [b"x"], b"/openapi.json": [b"x"], b"/healthz": [b"x"], b"/readyz": [b"x"], b"/metrics": [b"x"],
+}
+PATHS = [b"/jobs/{}", b"/jobs/{}/retry", b"/static/{}", b"/static/demo/{}", b"/{}"]
+BODIES = [
+    b"[" * 50_000, b"{" * 30_000, b'{"a":' * 20_000, b"\xff\xfe", b"\x00", b"{}\x00", b'{"x":1}',
+    b'{"a":1,"a":2}', b"[]", b"null", b"1e999999", b"-", b'"' + b"A" * 60_000 + b'"', b"{" + b" " * 70_000 + b"}",
+    b'{"\\ud800":1}', b'{"\\u0000":1}',
+]
+HEADER_VALUES = [b"", b"\xff\xfe", b"x" * 4000, b"%00", b"\xc2\xb2", b"Bearer", b"Bearer ", b"Basic abc",
+                 b"Bearer " + b"\xff" * 10, b"a, b", b"\t"]
+READ_HEADERS = [b"Idempotency-Key", b"Authorization", b"Content-Type", b"Origin", b"Sec-Fetch-Site",
+                b"X-Request-Id", b"Sec-WebSocket-Protocol", b"Sec-WebSocket-Version", b"Sec-WebSocket-Key",
+                b"If-None-Match", b"Range", b"If-Modified-Since"]
+
+
+def assert_contract(answer: Answer, what: object, head: bool = False) -> None:
+    """Never a 5xx; every error is a JSON error document (an answer to HEAD has no body)."""
+    assert answer.status < 500, (what, answer)
+    if answer.status >= 400:
+        assert answer.is_json, (what, answer)
+        if not head:
+            assert set(answer.json()["error"]) == {"code", "message"}, (what, answer)
+
+
+def assert_clean_log(lines: list[str]) -> None:
+    for line in lines:
+        assert "level=error" not in line and "Traceback" not in line and "exc=" not in line, line
+        assert TOKEN not in line and urllib.parse.quote(TOKEN) not in line, line
+
+
+@pytest.fixture
+def server(server_process):
+    return server_process(env={"CALO_API_TOKEN": TOKEN})
+
+
+def test_hostile_values_in_every_query_parameter_answer_json_4xx(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    for route, names in QUERIES.items():
+        for name in names:
+            for value in HOSTILE:
+                target = route + b"?" + name + b"=" + value
+                headers = {**AUTH, b"Upgrade": b"websocket", b"Connection": b"Upgrade",
+                           b"Sec-WebSocket-Version": b"13", b"Sec-WebSocket-Key": b"dGhlIHNhbXBsZSBub25jZQ=="}
+                if route == b"/ws" and name == b"access_token":
+                    continue  # with a valid header, a wrong query token is never read
+                answer = exchange(port, b"GET", target, headers if route == b"/ws" else AUTH)
+                if answer.status != 101:
+                    assert_contract(answer, target)
+            twice = route + b"?" + name + b"=1&" + name + b"=2"
+            if route == b"/jobs" or name == b"since":
+                assert exchange(port, b"GET", twice, AUTH).json()["error"]["code"] in ("bad_parameter",
+                                                                                       "upgrade_required")
+    assert_clean_log(server.lines)
+
+
+def test_hostile_values_in_every_path_parameter_answer_json_4xx(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    for pattern in PATHS:
+        for value in [*HOSTILE, b"..%2F..%2Fetc%2Fpasswd", b"%2E%2E/README.md", b"app.js%00.css", b"a/b/c/d"]:
+            for method in (b"GET", b"HEAD", b"POST"):
+                target = pattern.replace(b"{}", value)
+                answer = exchange(port, method, target, JSON_POST if method == b"POST" else AUTH)
+                assert_contract(answer, (method, target), head=method == b"HEAD")
+    assert_clean_log(server.lines)
+
+
+def test_hostile_bodies_and_headers_answer_json_4xx(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    for target in (b"/jobs", b"/jobs/nope/retry"):
+        for body in BODIES:
+            answer = exchange(port, b"POST", target, JSON_POST, body)
+            assert_contract(answer, (target, body[:20]))
+            assert answer.status in (400, 404, 413), (target, body[:20], answer)
+    for name in READ_HEADERS:
+        for value in HEADER_VALUES:
+            for method, target in ((b"POST", b"/jobs"), (b"GET", b"/jobs"), (b"GET", b"/ws"),
+                                   (b"GET", b"/static/style.css"), (b"GET", b"/")):
+                headers = {**JSON_POST, name: value} if name != b"Authorization" else {name: value}
+                assert_contract(exchange(port, method, target, headers), (name, value[:20], target))
+    assert_clean_log(server.lines)
+
+
+def test_a_body_that_names_fields_is_refused_naming_them(server):
+    answer = server.post("/jobs", json={"delay": 5, "url": "x"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "unknown_field"
+    assert '"delay"' in answer.json()["error"]["message"] and '"url"' in answer.json()["error"]["message"]
+    for body in ("", "{}", " {} "):
+        made = server.post("/jobs", data=body, headers={"Authorization": f"Bearer {TOKEN}",
+                                                        "Content-Type": "application/json; charset=utf-8"})
+        assert made.status_code == 201
+
+
+ROUTES = ["/", "/openapi.json", "/jobs", "/jobs/{id}", "/jobs/{id}/retry", "/ws", "/healthz", "/readyz",
+          "/metrics", "/static/style.css", "/nowhere"]
+
+
+def test_head_answers_every_get_route_like_get_without_a_body(server):
+    job_id = server.post("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()["id"]
+    for route in ROUTES:
+        path = route.replace("{id}", job_id)
+        got, head = server.get(path), requests.head(server.url + path, timeout=10)
+        assert head.status_code == got.status_code, path
+        assert head.content == b"" and head.headers["Content-Type"] == got.headers["Content-Type"], path
+        if got.status_code == 200 and path not in ("/metrics", "/readyz"):  # those change between calls
+            assert head.headers["Content-Length"] == str(len(got.content)), path
+
+
+def test_every_route_answers_options_and_405_with_the_same_allow(server):
+    expected = {"/jobs": "GET, HEAD, POST, OPTIONS", "/jobs/x/retry": "POST, OPTIONS"}  # else GET, HEAD, OPTIONS
+    for route in ROUTES:
+        path = route.replace("{id}", "x")
+        options = requests.options(server.url + path, timeout=10)
+        if path == "/nowhere":
+            assert options.status_code == 404 and options.json()["error"]["code"] == "not_found"
+            continue
+        assert options.status_code == 204 and options.content == b"", path
+        allow = options.headers["Allow"]
+        assert allow == expected.get(path, "GET, HEAD, OPTIONS"), path
+        for method in ("PUT", "DELETE", "PATCH", "POST", "TRACE", "FOO"):
+            if method in allow:
+                continue
+            answer = requests.request(method, server.url + path, timeout=10)
+            assert answer.status_code == 405, (method, path)
+            assert answer.headers["Allow"] == allow and answer.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_with_a_token_an_unknown_method_is_still_405(server_process):
+    server = server_process("--private", env={"CALO_API_TOKEN": TOKEN})
+    for path in ("/jobs", "/jobs/x", "/jobs/x/retry", "/ws"):
+        answer = requests.delete(server.url + path, timeout=10)
+        assert answer.status_code == 405 and "Allow" in answer.headers, path
+    assert server.get("/jobs").status_code == 401
+
+
+SECURITY = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+
+
+def test_every_answer_carries_the_security_headers_and_no_server_version(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    answers = [server.get(route.replace("{id}", "x")) for route in ROUTES]
+    answers += [server.post("/jobs"), requests.put(server.url + "/jobs", timeout=10)]
+    raw = [exchange(port, b"GET", b"/ws"), exchange(port, b"GET", b"/static/app.js%00.css")]
+    for answer in answers:
+        for name, value in SECURITY.items():
+            assert answer.headers[name] == value, (answer.url, name)
+        assert "Server" not in answer.headers, answer.url
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"], answer.url
+    for answer in raw:
+        assert answer.headers["x-content-type-options"] == "nosniff" and "server" not in answer.headers
+    assert all(a.headers["Cache-Control"] == "no-store" for a in answers if a.url.rsplit("/", 1)[-1] in ("jobs", "x"))
+
+
+def test_the_page_has_a_strict_content_security_policy(server):
+    page = server.get("/")
+    policy = dict(part.strip().split(" ", 1) for part in page.headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+    assert policy["style-src"] == "'self'" and policy["object-src"] == "'none'"
+    script = policy["script-src"].split()
+    assert script[0] == "'self'" and all(s.startswith("'sha256-") for s in script[1:])
+    assert "'unsafe-inline'" not in page.headers["Content-Security-Policy"]
+
+
+FOREIGN = [
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    {"Origin": "https://evil.example"},
+    {"Origin": "http://127.0.0.1:1", "Sec-Fetch-Site": "same-site"},
+    {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "cross-site"},
+]
+NOT_JSON = ["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain",
+            "text/plain;charset=UTF-8", "application/jsonp", "", "application/xml"]
+
+
+def test_a_post_from_a_foreign_origin_or_not_json_is_refused(server_process):
+    server = server_process()  # no token: the default, where a form on any page could post
+    for headers in FOREIGN:
+        for path in ("/jobs", "/jobs/x/retry"):
+            answer = server.post(path, headers=headers)
+            assert answer.status_code == 403 and answer.json()["error"]["code"] == "cross_origin_refused", path
+    for content_type in NOT_JSON:  # what an HTML form sends (a CORS "simple request")
+        answer = server.post("/jobs", data=b"{}", headers={"Content-Type": content_type})
+        assert answer.status_code == 415 and answer.json()["error"]["code"] == "unsupported_media_type"
+        chunked = server.post("/jobs", data=iter([b"{", b"}"]), headers={"Content-Type": content_type})
+        assert chunked.status_code == 415, content_type
+    assert server.get("/jobs").json() == []
+
+
+def test_posts_from_our_own_page_or_an_allowed_origin_or_no_browser_are_accepted(server_process):
+    server = server_process("--allowed-origins", "https://app.example")
+    own = server.url  # e.g. http://127.0.0.1:PORT
+    for headers in ({}, {"Origin": own}, {"Origin": own, "Sec-Fetch-Site": "same-origin"},
+                    {"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "none"}):
+        assert server.post("/jobs", headers=headers).status_code == 201, headers
+
+
+def test_a_foreign_host_name_is_421_when_bound_to_loopback(server_process):
+    server = server_process()
+    port = int(server.url.rsplit(":", 1)[1])
+    for host in (b"evil.example", b"evil.example:8888", b"127.0.0.1.nip.io", b"localhost.evil", b"[::2]",
+                 b"0.0.0.0", b"127.0.0.2"):
+        for method, target in ((b"GET", b"/jobs"), (b"POST", b"/jobs"), (b"GET", b"/"), (b"GET", b"/ws"),
+                               (b"GET", b"/static/style.css"), (b"GET", b"/nowhere"), (b"GET", b"/healthz")):
+            answer = exchange(port, method, target, host=host)
+            assert answer.status == 421 and answer.json()["error"]["code"] == "unknown_host", (target, host)
+    assert server.get("/jobs").json() == []
+
+
+def test_the_loopback_names_and_a_configured_name_are_answered(server_process, tmp_path):
+    server = server_process("--allowed-hosts", "jobs.example")
+    port = int(server.url.rsplit(":", 1)[1])
+    assert exchange(port, b"GET", b"/jobs", host=b"Jobs.Example:443").status == 200
+    assert exchange(port, b"GET", b"/jobs", host=b"127.0.0.1").status == 421
+    assert answered_hosts("127.0.0.1", ()) == frozenset({"localhost", "127.0.0.1", "[::1]"})
+    assert answered_hosts("::1", ()) == answered_hosts("localhost", ()) == answered_hosts("127.0.0.1", ())
+    assert answered_hosts("0.0.0.0", ()) is None and answered_hosts("10.1.2.3", ()) is None
+    assert answered_hosts("0.0.0.0", ("*",)) is None
+    assert answered_hosts("127.0.0.1", ("a.example",)) == frozenset({"a.example"})
+    default = server_process("--data-dir", str(tmp_path / "second"))
+    port = int(default.url.rsplit(":", 1)[1])
+    for host in (b"localhost", b"localhost:1234", b"127.0.0.1:99", b"[::1]:8888", b"LOCALHOST"):
+        assert exchange(port, b"GET", b"/jobs", host=host).status == 200, host
+
+
+def test_readyz_shows_counts_never_a_job_id(server_process):
+    server = server_process("--private", env={"CALO_API_TOKEN": TOKEN})
+    made = server.post("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    ready = server.get("/readyz")
+    assert ready.status_code == 200 and made["id"] not in ready.text
+    assert json.loads(ready.text)["checks"]["recovery"]["ok"] is True
+
+
+def test_link_headers_come_from_the_public_url_or_a_vetted_host_never_an_unvetted_one(server_process, tmp_path):
+    published = server_process("--public-url", "https://jobs.example/calo")
+    for _ in range(2):
+        published.post("/jobs")
+    link = published.get("/jobs?limit=1", headers={"Host": "localhost"}).headers["Link"]
+    assert link.startswith("<https://jobs.example/calo/jobs?limit=1&cursor=") and link.endswith('>; rel="next"')
+    anyone = server_process("--allowed-hosts", "*", "--data-dir", str(tmp_path / "second"))
+    for _ in range(2):
+        anyone.post("/jobs")
+    port = int(anyone.url.rsplit(":", 1)[1])
+    answer = exchange(port, b"GET", b"/jobs?limit=1", host=b"evil.example")
+    assert answer.status == 200 and answer.headers["link"].startswith("</jobs?limit=1&cursor=")
+    follow = anyone.get(answer.headers["link"][1:].split(">")[0])
+    assert follow.status_code == 200 and len(follow.json()) == 1 and "Link" not in follow.headers

@@ -29,8 +29,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import harness as h  # noqa: E402
-from bench import report  # noqa: E402
-from bench.scenarios import FULL, QUICK, SCENARIOS, Context, Result  # noqa: E402
+from bench import postgres_scenarios, report  # noqa: E402
+from bench.scenarios import FULL, QUICK, Context, Result  # noqa: E402
+from bench.scenarios import SCENARIOS as SQLITE_SCENARIOS  # noqa: E402
+
+# 1-7 on SQLite (the default), 8-10 on PostgreSQL (several instances: issue 14).
+SCENARIOS = {**SQLITE_SCENARIOS, **postgres_scenarios.SCENARIOS}
 
 DEFAULT_OUT = os.path.join("docs", "BENCHMARKS.md")
 

@@ -38,7 +38,17 @@ import tornado.web
 from calo.errors import JSON_TYPE, ApiError, JsonErrors
 from calo.jobs import STATUSES
 from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
-from calo.service import JobService, NotCancellable, NotRetryable, Overloaded, Resolving, StoreError, WrongStatus
+from calo.service import (
+    CommitUnknown,
+    JobService,
+    NotCancellable,
+    NotRetryable,
+    Overloaded,
+    Resolving,
+    StoreError,
+    WriterBusy,
+    WrongStatus,
+)
 
 if TYPE_CHECKING:
     from calo.access import AccessPolicy
@@ -109,10 +119,18 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
 
 
 def storage_unavailable(exc: StoreError, failed: str = "the job could not be stored") -> ApiError:
-    """Nothing was committed (the disk, the writer or the database failed): the client may
-    try again, with the same Idempotency-Key, once the service is back."""
-    return ApiError(503, "storage_unavailable", f"{failed}: {exc}",
-                    {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+    """A write that failed, as a 503 with Retry-After whose code says what is known:
+    `commit_unknown`: it reached the writer, whose answer never came (the writer died,
+    or did not answer within --write-timeout): it may be stored, so retry with the same
+    Idempotency-Key; `storage_busy`: too many writes wait already, nothing was stored;
+    `storage_unavailable`: nothing was stored (the disk, the writer or the database failed)."""
+    headers = {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)}
+    if isinstance(exc, CommitUnknown):
+        return ApiError(503, "commit_unknown", f"it is not known whether this was stored ({exc}); "
+                        "retry with the same Idempotency-Key", headers)
+    if isinstance(exc, WriterBusy):
+        return ApiError(503, "storage_busy", f"{failed}: {exc}", headers)
+    return ApiError(503, "storage_unavailable", f"{failed}: {exc}", headers)
 
 
 class NotFoundHandler(ApiHandler):

@@ -3,8 +3,10 @@
 Owns which part talks to which, and the order they start and stop in:
 start: storage (SQLite: lock, migrate, writer process, reader; PostgreSQL: migrate, writer,
 pool, log follower) -> scheduler (recovery) -> JSON exporter -> upkeep -> health checks and
-metrics; stop: /readyz says 503 -> upkeep -> scheduler (grace for in-flight fetches) ->
-storage (commits what is queued, closes) -> exporter (final flush).
+metrics -> the supervisor; stop (within one grace period): /readyz says 503 -> upkeep,
+supervisor -> scheduler (grace for in-flight fetches) -> requests already read are answered
+(`answer_requests`) -> storage (commits what was sent and, for SQLite, checkpoints the WAL;
+a writer that does not stop by the end of the grace is killed) -> exporter (final flush).
 
 Threads: `Calo.start` and `Calo.stop` run on the IOLoop thread, and so do `_on_events`,
 `_on_commit` and `_storage_died`: the storage calls them on the IOLoop. Other threads
@@ -20,7 +22,8 @@ import concurrent.futures
 import logging
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -50,6 +53,7 @@ from calo.scheduler import Scheduler
 from calo.service import JobService
 from calo.stats import Activity, StatsReport
 from calo.storage import Storage, open_storage
+from calo.supervisor import Supervisor
 from calo.throttle import UpstreamGate
 from calo.unsplash import DemoSource, UnsplashSource
 from calo.upkeep import Upkeep
@@ -65,6 +69,7 @@ Route = tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type[tornado.w
 
 WEBSOCKET_PING_SECONDS = 20  # finds dead connections that never said goodbye
 SHUTDOWN_GRACE_SECONDS = 10
+STORAGE_STOP_SECONDS = 2.0  # the least the writer gets to commit what was sent, at stop
 
 
 def find_web_root() -> str:
@@ -205,6 +210,8 @@ class Calo:
         ))
         self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.loop_lag.start()
+        self.supervisor = Supervisor({"the JSON export thread": self.exporter.alive}, self.on_fatal)
+        self.supervisor.start()
 
     def _storage_died(self, reason: str) -> None:
         """Nothing can be committed any more: say so, and let the process exit (systemd
@@ -230,17 +237,29 @@ class Calo:
         """IOLoop thread, after each of this server's commits: count it."""
         self.metrics.observe_committed(events)
 
-    async def stop(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Finish in-flight fetches (up to the grace period), commit, flush, close."""
+    async def stop(
+        self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+        answer_requests: Callable[[float], Awaitable[object]] | None = None,
+    ) -> bool:
+        """Finish in-flight fetches; await `answer_requests(seconds left)` (the server
+        answers the requests it has read, while the storage still takes their writes);
+        commit what was sent, within the grace period (the storage gets at least
+        STORAGE_STOP_SECONDS; a writer still busy then is killed); flush and close. True
+        if the storage stopped cleanly. Idempotent."""
         if self.storage is None:
-            return
+            return True
+        deadline = time.monotonic() + grace_seconds
         self.health.shutting_down = True  # /readyz answers 503 from now on
         self.health.stop()
         self.loop_lag.stop()
         self.upkeep.stop()
+        self.supervisor.stop()
         await self.scheduler.stop(grace_seconds)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        await self.storage.stop()
+        if answer_requests is not None:  # each ends within --write-timeout, even with a stopped writer
+            await answer_requests(max(0.0, deadline - time.monotonic()))
+        clean = await self.storage.stop(max(STORAGE_STOP_SECONDS, deadline - time.monotonic()))
         self.hub.close_all()
         self.exporter.stop()
         self.storage = None
+        return clean

@@ -23,7 +23,7 @@ from tornado.netutil import bind_sockets
 from calo.app import Calo
 from calo.config import ConfigError, Settings, help_text, parse_settings
 from calo.export import read_export
-from calo.httpserver import SlowClientsCutOffServer
+from calo.httpserver import ConnectionCapError, GuardedHTTPServer, connection_cap
 from calo.logs import configure_logging
 from calo.store import Database, StoreError
 from calo.systemd import SystemdLink
@@ -38,7 +38,7 @@ class StartupError(Exception):
     """The server cannot start, or cannot go on; the message is one line for the operator."""
 
 
-def _listen(server: SlowClientsCutOffServer, settings: Settings) -> int:
+def _listen(server: GuardedHTTPServer, settings: Settings) -> int:
     try:
         sockets = bind_sockets(settings.port, settings.host)
     except OSError as exc:
@@ -60,6 +60,10 @@ async def serve(settings: Settings) -> None:
         fatal.append(reason)
         stop_requested.set()
 
+    try:
+        max_connections = connection_cap(settings.max_connections, settings.workers)
+    except ConnectionCapError as exc:
+        raise StartupError(str(exc)) from None
     calo = Calo(settings, on_fatal=fail)
     if not settings.unsplash_access_key:
         log.warning("no Unsplash access key (CALO_UNSPLASH_ACCESS_KEY): jobs get bundled demo images")
@@ -68,26 +72,31 @@ async def serve(settings: Settings) -> None:
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     systemd = SystemdLink.from_environ(os.environ, calo.health)  # does nothing outside systemd
-    server = SlowClientsCutOffServer(
+    server = GuardedHTTPServer(
         app,
         # A client that sends its headers or body too slowly is cut off; others never wait.
         request_timeout=settings.client_timeout,
+        max_connections=max_connections,
         max_body_size=MAX_BODY_BYTES,
     )
     try:
         port = _listen(server, settings)
         log.info(
-            "ready url=http://%s:%d storage=%s data_dir=%s images=%s workers=%d",
+            "ready url=http://%s:%d storage=%s data_dir=%s images=%s workers=%d max_connections=%d",
             settings.host, port, calo.storage.name if calo.storage else "-", settings.data_dir,
-            calo.source.describe(), settings.workers,
+            calo.source.describe(), settings.workers, max_connections,
         )
         systemd.ready()  # the database is open, recovery has run, and the port listens
         await stop_requested.wait()
         log.info("stopping: no new connections, finishing in-flight work")
     finally:
         systemd.stopping()
+        # No new connections; each new request on a kept-alive one is answered 503 and its
+        # connection closed; the requests already read are answered before the store closes.
         server.stop()
-        await calo.stop(settings.shutdown_grace)
+        server.drain()
+        if not await calo.stop(settings.shutdown_grace, answer_requests=server.wait_answered):
+            fatal.append("the writer process did not stop within the grace period")
         await server.close_all_connections()
     if fatal:
         raise StartupError(f"stopped because {fatal[0]}")  # exit code 1: systemd restarts it

@@ -54,6 +54,10 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _optional_count(text: str) -> int | None:
+    return _positive_int(text) if text else None
+
+
 def _optional_days(text: str) -> float | None:
     if not text:
         return None  # unset: keep forever
@@ -136,6 +140,12 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds all Unsplash calls pause once the request budget is spent"),
     Setting("max_pending", "--max-pending", ("CALO_MAX_PENDING",), _positive_int, 100_000,
             "pending jobs at most; past it POST /jobs answers 503"),
+    Setting("max_connections", "--max-connections", ("CALO_MAX_CONNECTIONS",), _optional_count, None,
+            "open connections at most (HTTP and WebSocket); past it a new one gets a 503 and is closed. "
+            "Unset: as many as the file-descriptor limit allows, at most 1000; checked against it at start"),
+    Setting("write_timeout", "--write-timeout", ("CALO_WRITE_TIMEOUT",), _seconds, 5.0,
+            "seconds a request waits for its write to commit before it is answered 503 "
+            "(commit_unknown: retry with the same Idempotency-Key)"),
     Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _seconds, 30.0,
             "seconds a client may take to send a whole request (headers and body), or keep an idle connection"),
     Setting("shutdown_grace", "--shutdown-grace", ("CALO_SHUTDOWN_GRACE",), _seconds, 10.0,
@@ -186,6 +196,8 @@ class Settings:
     unsplash_timeout: float
     rate_limit_pause: float
     max_pending: int
+    max_connections: int | None
+    write_timeout: float
     client_timeout: float
     shutdown_grace: float
     retain_days: float | None
@@ -233,6 +245,8 @@ def _check_together(settings: Settings) -> None:
             f"--delay-min ({settings.delay_min:g}) must not be greater than "
             f"--delay-max ({settings.delay_max:g})"
         )
+    if settings.write_timeout <= 0:
+        raise ConfigError("--write-timeout must be greater than 0")
     if settings.delay_step <= 0:
         raise ConfigError("--delay-step must be greater than 0")
     if settings.unsplash_batch > 30:

@@ -12,8 +12,14 @@ chunks, so Python runs once per 2,000 jobs, not once per job.
 Format: {"format": "calo-jobs-export", "version": 1, "exported_at": ISO time,
 "jobs": [job, ...]} with jobs oldest first, each exactly as `GET /jobs/{id}` shows it.
 
-Threads: `mark_changed` and `stop` are safe from any thread; the export runs on its own.
-Must never: run on the IOLoop thread, or leave a torn or half-written `jobs.json`.
+A failed export (a full disk, a row SQLite cannot decode, anything) is logged, shown by
+`calo_upkeep_last_run_ok{task="export_json"}` as 0, and tried again after the pause:
+the thread outlives every error of one export, and `alive` lets a supervisor check it.
+
+Threads: `mark_changed`, `alive` and `stop` are safe from any thread; the export runs on
+its own.
+Must never: run on the IOLoop thread, leave a torn or half-written `jobs.json`, or stop
+exporting after one failure.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class JsonExporter:
         self._stopping = threading.Event()
         self._owed = False  # an export was skipped while another server ran upkeep
         self._thread = threading.Thread(target=self._run, name="calo-export", daemon=True)
+        self._started = False
         # What the last export did, for /metrics. Written by the export thread only;
         # readers on other threads see whole values (plain attribute stores).
         self.last_run_at: int | None = None
@@ -75,6 +82,7 @@ class JsonExporter:
         self.last_ok: bool | None = None
 
     def start(self) -> None:
+        self._started = True
         try:  # SQLite made it already; with PostgreSQL the data dir holds only the export
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -87,10 +95,16 @@ class JsonExporter:
         self._changed.set()
 
     def stop(self) -> None:
-        """Write a final export if anything changed since the last, then end the thread."""
+        """Write a final export if anything changed since the last, then end the thread.
+        Idempotent."""
         self._stopping.set()
         self._changed.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def alive(self) -> bool:
+        """Is the export thread running (a supervisor asks; it should always be)?"""
+        return self._thread.is_alive() or not self._started
 
     def _run(self) -> None:
         reader = self._storage.export_reader()
@@ -115,6 +129,8 @@ class JsonExporter:
         return max(self._interval, PACING * (self.last_duration or 0.0))
 
     def _export_logged(self, reader: ExportReader) -> None:
+        """One export; a failure is logged (rate-limited) and shown by /metrics, and the
+        next change tries again: the thread outlives any error of one export."""
         self._owed = not self._storage.runs_upkeep
         if self._owed:
             return  # another server sharing the database writes the export now
@@ -124,7 +140,11 @@ class JsonExporter:
             ok = True
         except (OSError, StoreError) as exc:  # a full disk, a database away: try again on the next change
             log.error("JSON export to %s failed: %s", self.path, exc)
+        except Exception:  # e.g. a row SQLite cannot decode: never the end of exporting
+            log.exception("JSON export to %s failed", self.path)
         self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
+        if not ok:
+            self._changed.set()  # the file is stale: try again after the pause
 
     def export(self, reader: ExportReader) -> int:
         """Write every job to `jobs.json`; returns how many."""

@@ -6,8 +6,9 @@ Owns the checks and their two endpoints (JSON, `Cache-Control: no-store`):
 - GET /readyz -> 200 when every required check passes, else 503, with
   {"ready": bool, "checks": {"database": {"ok", ...}, "recovery": {"ok", ...},
    "scheduler": {"ok", "next_due_at", "oldest_overdue", ...}, "upstream": {"state", ...}}}.
-  Required: the database takes a write (an empty transaction through the writer process,
-  within `WRITE_CHECK_SECONDS`), start-up recovery has run, the scheduler keeps up, and
+  Required: the database takes a real write (SQLite: the one row of `write_checks`
+  rewritten through the writer process, within `WRITE_CHECK_SECONDS`: a full disk, a
+  removed database or a stopped writer shows here), start-up recovery has run, the scheduler keeps up, and
   the server is not shutting down.
 
 The scheduler is stuck when the pending job due first has waited more than `stuck_after`
@@ -112,7 +113,7 @@ class Health:
     async def database(self) -> dict[str, Any]:
         """Does an (empty) write transaction commit in time?"""
         started = time.monotonic()
-        # shield: on a timeout the ping stays queued and completes later, unobserved.
+        # shield: on a timeout the ping stays queued; the writer ends it within --write-timeout.
         ping = asyncio.shield(self._storage.ping())
         facts = self._storage.describe()
         try:

@@ -1,56 +1,261 @@
-"""The HTTP server: Tornado's, with clients that are too slow to send a request cut off.
+"""The HTTP server: Tornado's, guarded against slow clients, too many connections, running
+out of file descriptors, and being stopped in the middle of a burst.
 
-Owns how long a connection may take to deliver its next whole request, headers and body:
-a client that opens a connection and sends nothing, sends a byte at a time, stops in the
-middle of its body, or keeps an idle keep-alive connection, is disconnected. Tornado's
-own `idle_connection_timeout` and `body_timeout` do this with a timer and a wrapped
-future for every request (even one with an empty body), about a tenth of a small
-request's CPU time; here one sweep per second looks at the connections still waiting.
+Owns four things about connections, below the web application:
+- **Slow clients.** A connection must deliver each whole request, headers and body,
+  within `request_timeout` of starting to wait for it; one that sends nothing, a byte at
+  a time, stops mid-body or idles between keep-alive requests is cut off. Tornado's
+  `idle_connection_timeout` and `body_timeout` do this with a timer and a wrapped future
+  per request (a tenth of a small request's CPU time); here one sweep a second looks at
+  the connections still waiting.
+- **A cap on open connections** (`max_connections`, HTTP and WebSocket alike, counted from
+  accept to the socket's close). Past it a new connection gets a canned `503` JSON answer
+  and is closed at once, before Tornado builds anything for it. `connection_cap` picks
+  the cap at start so that it sits below the process's descriptor limit (RLIMIT_NOFILE).
+- **Running out of descriptors anyway** (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM` from
+  `accept`): Tornado's accept handler would raise from the IOLoop callback, and since the
+  listening socket stays readable the loop spins at a full core logging a traceback each
+  time. Here accepting pauses (50 ms, doubling to 1 s while it keeps failing) and the
+  failure is logged through the log's rate limit (calo.logs).
+- **Draining at shutdown** (`drain`, `wait_answered`): once stopping, each request that
+  arrives on a kept-alive connection gets a `503 shutting_down` answer and the connection
+  is closed after it; requests already being answered are waited for, so that nothing
+  read goes unanswered.
 
 Threads: IOLoop thread only, like Tornado's server.
 Must never: close a connection whose request has fully arrived (a request being
-answered, or a WebSocket), or hold a connection after Tornado has closed it.
+answered, or a WebSocket), hold a connection after Tornado has closed it, or call
+`accept` in a loop that cannot make progress.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import json
+import logging
+import resource
+import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import tornado.httputil
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.iostream import IOStream
+
+log = logging.getLogger("calo.http")
 
 SWEEP_EVERY_MS = 1000
 DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds; `--client-timeout` sets it (calo/config.py)
+DEFAULT_MAX_CONNECTIONS = 1000
+# Descriptors kept for everything but client connections: stdio, the listening sockets,
+# epoll and its wake-up pipe, SQLite's files for two readers, the writer's pipes, the
+# data-dir lock, the export's temporary file, /proc reads, the pool's upstream sockets.
+RESERVED_DESCRIPTORS = 64
+RESERVED_PER_WORKER = 2
+ACCEPT_PAUSE_FIRST = 0.05  # seconds accepting pauses after the first failure
+ACCEPT_PAUSE_MAX = 1.0
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+RETRY_AFTER_SECONDS = 5
+IDLE_LINGER_SECONDS = 1.0  # at shutdown, how long an idle keep-alive connection may still send a request
 
 
-class SlowClientsCutOffServer(HTTPServer):
-    """An HTTPServer whose connections must deliver each whole request within
-    `request_timeout` seconds of starting to wait for it (give or take one sweep)."""
+class ConnectionCapError(Exception):
+    """The descriptor limit is too low for the connections asked for; one line."""
 
-    def initialize(self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
+
+def connection_cap(requested: int | None, workers: int) -> int:
+    """The number of connections to allow: `requested`, or if None as many as fit (at
+    most DEFAULT_MAX_CONNECTIONS). Raises the soft RLIMIT_NOFILE towards the hard one
+    when that makes room. Raises ConnectionCapError if `requested` does not fit."""
+    reserve = RESERVED_DESCRIPTORS + RESERVED_PER_WORKER * workers
+    wanted = (requested or DEFAULT_MAX_CONNECTIONS) + reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    room = wanted if soft == resource.RLIM_INFINITY else soft - reserve
+    if requested is None:
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, room))
+    if requested > room:
+        raise ConnectionCapError(
+            f"--max-connections {requested} needs {requested + reserve} file descriptors "
+            f"({reserve} kept for the server itself) but the limit is {soft}; raise it "
+            f"(LimitNOFILE= in the unit, ulimit -n) or lower --max-connections"
+        )
+    return requested
+
+
+def _canned_answer(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_SECONDS}\r\n"
+        "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+TOO_MANY_CONNECTIONS = _canned_answer(
+    503, "Service Unavailable", "too_many_connections", "the server has as many connections as it serves; try again")
+SHUTTING_DOWN_BODY = json.dumps(
+    {"error": {"code": "shutting_down", "message": "the server is stopping; try again shortly"}}).encode()
+
+
+class GuardedHTTPServer(HTTPServer):
+    """An HTTPServer with slow clients cut off, a cap on connections, a pause on
+    descriptor exhaustion, and a drain for shutdown (see the module docstring)."""
+
+    def initialize(
+        self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any,
+    ) -> None:
         super().initialize(*args, **kwargs)
         self._request_timeout = request_timeout
-        self._waiting: dict[Any, float] = {}  # connection -> deadline for its next headers
+        self._max_connections = max_connections
+        self.open_connections = 0  # accepted and not yet closed, WebSockets included
+        self.refused_connections = 0  # answered 503 at the cap
+        self._waiting: dict[Any, float] = {}  # connection -> deadline for its next request
+        self.answering: set[Any] = set()  # connections whose request arrived and is being answered
+        self.draining = False
+        self._accept_pause = 0.0
         self._sweep = PeriodicCallback(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, request_timeout * 250))
         self._sweep.start()
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Listen on these sockets with our own accept handler (see `_accept`)."""
+        for sock in sockets:
+            sock.setblocking(False)
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = self._watch(sock)
+
+    def _watch(self, sock: socket.socket) -> Callable[[], None]:
+        """Accept on `sock` whenever it is readable; returns what stops that (TCPServer.stop
+        calls it). During a pause the socket is not watched, and the returned callable
+        still stops it for good."""
+        loop = IOLoop.current()
+        state = {"watched": True, "stopped": False}
+
+        def on_readable(fd: Any, events: int) -> None:
+            pause = self._accept(sock)
+            if pause and not state["stopped"]:
+                loop.remove_handler(sock)
+                state["watched"] = False
+                loop.call_later(pause, resume)
+
+        def resume() -> None:
+            if not state["stopped"]:
+                loop.add_handler(sock, on_readable, IOLoop.READ)
+                state["watched"] = True
+
+        def stop() -> None:
+            state["stopped"] = True
+            if state["watched"]:
+                loop.remove_handler(sock)
+
+        loop.add_handler(sock, on_readable, IOLoop.READ)
+        return stop
+
+    def _accept(self, sock: socket.socket) -> float:
+        """Accept what is waiting (at most a backlog's worth per call, like Tornado);
+        returns seconds to pause accepting, or 0."""
+        for _ in range(128):
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                break
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in OUT_OF_DESCRIPTORS:  # about that one connection (EPROTO...)
+                    log.warning("accept failed: %s", exc.strerror)
+                    continue
+                self._accept_pause = min(ACCEPT_PAUSE_MAX, max(ACCEPT_PAUSE_FIRST, 2 * self._accept_pause))
+                log.error("cannot accept connections: %s (%d open); pausing accepts for %g s",
+                          exc.strerror, self.open_connections, self._accept_pause)
+                return self._accept_pause
+            self._accept_pause = 0.0
+            if self.open_connections >= self._max_connections:
+                self._refuse(connection)
+            else:
+                self._serve(connection, address)
+        return 0.0
+
+    def _refuse(self, connection: socket.socket) -> None:
+        """Answer 503 and close, without reading the request: it costs one descriptor
+        for microseconds. Whatever of the request already arrived is read first, so
+        that closing sends a FIN rather than a reset that could overtake the answer."""
+        self.refused_connections += 1
+        log.warning("connection refused: %d connections open, the most --max-connections allows",
+                    self.open_connections)
+        try:
+            connection.setblocking(False)
+            connection.send(TOO_MANY_CONNECTIONS)
+            connection.recv(65536)
+        except OSError:
+            pass  # a full buffer or a peer already gone: closing is the answer then
+        finally:
+            connection.close()
+
+    def _serve(self, connection: socket.socket, address: Any) -> None:
+        self.open_connections += 1
+        stream = _CountedStream(self, connection, max_buffer_size=self.max_buffer_size,
+                                read_chunk_size=self.read_chunk_size)
+        self.handle_stream(stream, address)
+
+    def connection_closed(self) -> None:
+        """Called by a connection's stream when its socket is closed."""
+        self.open_connections -= 1
+
+    # -- requests ------------------------------------------------------------------------------
 
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
     ) -> tornado.httputil.HTTPMessageDelegate:
         """Tornado calls this when a connection starts waiting for its next request."""
+        self.answering.discard(server_conn)
         self._waiting[server_conn] = time.monotonic() + self._request_timeout
-        return _RequestArrives(super().start_request(server_conn, request_conn), self._waiting, server_conn)
+        return _Request(self, server_conn, request_conn, super().start_request(server_conn, request_conn))
+
+    def request_arrived(self, server_conn: object) -> None:
+        """The request's last byte arrived: the connection no longer waits for it."""
+        self._waiting.pop(server_conn, None)
 
     def on_close(self, server_conn: object) -> None:
         self._waiting.pop(server_conn, None)
+        self.answering.discard(server_conn)
         super().on_close(server_conn)
 
     def stop(self) -> None:
         self._sweep.stop()
         super().stop()
+
+    def drain(self) -> None:
+        """From now on every request gets `503 shutting_down` and its connection closes
+        after the answer (call `stop` first, so that no new connection comes)."""
+        self.draining = True
+        self.conn_params.no_keep_alive = True  # Tornado then closes after each answer
+
+    async def wait_answered(self, timeout: float) -> bool:
+        """Wait until no request that arrived is still being answered, at most `timeout`
+        seconds; then up to IDLE_LINGER_SECONDS more for idle keep-alive connections, so
+        that a client about to send its next request gets a 503 rather than a closed
+        connection. True if no request is left unanswered."""
+        deadline = time.monotonic() + timeout
+        while self.answering and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        linger = min(deadline, time.monotonic() + IDLE_LINGER_SECONDS)
+        while self._connections and time.monotonic() < linger:
+            await asyncio.sleep(0.01)
+        return not self.answering
 
     def _cut_off_slow_clients(self) -> None:
         now = time.monotonic()
@@ -60,27 +265,64 @@ class SlowClientsCutOffServer(HTTPServer):
             conn.stream.close()  # Tornado then ends the connection and calls on_close
 
 
-class _RequestArrives(tornado.httputil.HTTPMessageDelegate):
-    """Passes everything on to Tornado's delegate; the request's last byte ends the wait."""
+class _CountedStream(IOStream):
+    """An IOStream that tells the server when its socket is closed, however that happens
+    (an answer with `Connection: close`, a WebSocket's end, an error, a cut-off)."""
 
-    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, waiting: dict[Any, float], conn: object):
-        self._delegate = delegate
-        self._waiting = waiting
-        self._conn = conn
+    def __init__(self, server: GuardedHTTPServer, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._server = server
+
+    def close_fd(self) -> None:
+        super().close_fd()
+        self._server.connection_closed()
+
+
+class _Request(tornado.httputil.HTTPMessageDelegate):
+    """One request on a connection. Passes everything on to Tornado's delegate (the
+    application's), unless the server drains by the time the headers arrive: then it
+    reads the request and answers `503 shutting_down` itself. Its headers make the
+    connection count as being answered (until its next request starts); its last byte
+    ends the slow-client wait."""
+
+    def __init__(self, server: GuardedHTTPServer, server_conn: object,
+                 request_conn: tornado.httputil.HTTPConnection, delegate: tornado.httputil.HTTPMessageDelegate):
+        self._server = server
+        self._conn = server_conn
+        self._request_conn = request_conn
+        self._delegate: tornado.httputil.HTTPMessageDelegate | None = delegate
 
     def headers_received(
         self,
         start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        return self._delegate.headers_received(start_line, headers)
+        self._server.answering.add(self._conn)  # from here on, shutdown waits for its answer
+        delegate = self._delegate
+        if delegate is None or self._server.draining:
+            self._delegate = None  # the application never sees it
+            return None
+        return delegate.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
-        return self._delegate.data_received(chunk)
+        return None if self._delegate is None else self._delegate.data_received(chunk)
 
     def finish(self) -> None:
-        self._waiting.pop(self._conn, None)
-        self._delegate.finish()
+        self._server.request_arrived(self._conn)
+        if self._delegate is None:
+            self._answer_shutting_down()
+        else:
+            self._delegate.finish()
 
     def on_connection_close(self) -> None:
-        self._delegate.on_connection_close()
+        if self._delegate is not None:
+            self._delegate.on_connection_close()
+
+    def _answer_shutting_down(self) -> None:
+        headers = tornado.httputil.HTTPHeaders({
+            "Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(SHUTTING_DOWN_BODY)),
+            "Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store",
+        })
+        start_line = tornado.httputil.ResponseStartLine("HTTP/1.1", 503, "Service Unavailable")
+        self._request_conn.write_headers(start_line, headers, SHUTTING_DOWN_BODY)
+        self._request_conn.finish()

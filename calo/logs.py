@@ -1,15 +1,29 @@
 """Logging: one line per event on stderr, as key=value pairs (logfmt) with a timestamp.
 
-Owns the log format. Must never: log a secret (the Unsplash key is never passed to a
-logger: `Settings` hides it from its repr, and the client never puts it in a message).
+Owns the log format, and the one mechanism that keeps a repeating line from flooding
+the log: `RateLimit`, installed on the handler by `configure_logging`, lets through at
+most `BURST` warnings or errors of one kind (same logger, same message template, same
+`rate_key`) per `INTERVAL_SECONDS`; the first line of that kind let through after a
+quiet spell carries `suppressed=N`, the count of those dropped meanwhile. Info and debug
+lines (the access log of successes) are never dropped.
+
+Threads: any (logging's handler lock serialises `filter`).
+Must never: log a secret (the Unsplash key is never passed to a logger: `Settings` hides
+it from its repr, and the client never puts it in a message).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable, Hashable
 
 from calo.clock import iso_utc
+
+BURST = 5  # lines of one kind per interval, before the rest are counted instead
+INTERVAL_SECONDS = 10.0
+MAX_KINDS = 1000  # kinds remembered at most; the oldest window is forgotten first
 
 
 def _quote(value: str) -> str:
@@ -27,14 +41,59 @@ class LogfmtFormatter(logging.Formatter):
         # Structured fields: log.info("request", extra={"fields": {"status": 200}})
         for key, value in getattr(record, "fields", {}).items():
             line += f" {key}={_quote(str(value))}"
+        suppressed = getattr(record, "suppressed", 0)
+        if suppressed:
+            line += f" suppressed={suppressed}"
         if record.exc_info:
             line += f" exc={_quote(self.formatException(record.exc_info))}"
         return line
 
 
+class RateLimit(logging.Filter):
+    """At most `burst` warnings or errors of one kind per `interval` seconds. A kind is
+    (logger, level, message template, the record's `rate_key` if given): a line logged
+    as `log.error("accept failed: %s", exc)` is one kind whatever `exc` is; callers whose
+    lines share a template but differ in meaning pass `extra={"rate_key": ...}`."""
+
+    def __init__(self, burst: int = BURST, interval: float = INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._burst = burst
+        self._interval = interval
+        self._clock = clock
+        self._windows: dict[Hashable, list[float]] = {}  # kind -> [window start, lines let through, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        kind = (record.name, record.levelno, str(record.msg), getattr(record, "rate_key", None))
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= self._interval:
+            dropped = window[2] if window else 0
+            self._forget_old(now)
+            self._windows[kind] = [now, 1, 0]
+            record.suppressed = dropped
+            return True
+        if window[1] < self._burst:
+            window[1] += 1
+            return True
+        window[2] += 1
+        return False
+
+    def _forget_old(self, now: float) -> None:
+        if len(self._windows) < MAX_KINDS:
+            return
+        for kind in [kind for kind, window in self._windows.items() if now - window[0] >= self._interval]:
+            del self._windows[kind]
+        while len(self._windows) >= MAX_KINDS:  # all recent: drop the oldest
+            del self._windows[next(iter(self._windows))]
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(RateLimit())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

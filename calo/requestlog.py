@@ -90,4 +90,4 @@ def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> Non
         "duration_ms": f"{request.request_time() * 1000:.1f}",
         "request_id": request_id(request), "remote": request.remote_ip,
     }
-    log.log(level, "request", extra={"fields": fields})
+    log.log(level, "request", extra={"fields": fields, "rate_key": status})  # a kind per status

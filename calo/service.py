@@ -18,13 +18,25 @@ from typing import TYPE_CHECKING
 
 from calo.clock import iso_utc, now_ms
 from calo.jobs import PENDING, Job, draw_delay
-from calo.storage.base import CreateResult, Event, NotCancellable, NotRetryable, StoreError, WrongStatus
+from calo.storage.base import (
+    CommitUnknown,
+    CreateResult,
+    Event,
+    NotCancellable,
+    NotRetryable,
+    StoreError,
+    WriterBusy,
+    WrongStatus,
+)
 
 if TYPE_CHECKING:
     from calo.scheduler import Scheduler
     from calo.storage.base import Storage
 
-__all__ = ["JobService", "NotCancellable", "NotRetryable", "Overloaded", "Resolving", "StoreError", "WrongStatus"]
+__all__ = [
+    "CommitUnknown", "JobService", "NotCancellable", "NotRetryable", "Overloaded", "Resolving", "StoreError",
+    "WriterBusy", "WrongStatus",
+]
 
 BULK_RETRY_BATCH = 500  # failed jobs retried per transaction by `retry_failed`
 
@@ -53,19 +65,26 @@ class JobService:
         self._scheduler = scheduler
         self._delays = delays
         self._rng = rng or random.Random()
+        self._creating = 0  # creates sent to the storage and not yet answered
 
     async def create_job(self, idempotency_key: str | None) -> CreateResult:
         """Commit a new pending job durably, then schedule it. With a key used before,
-        return that job instead and create nothing. Raises Overloaded when too many jobs
-        are pending (a repeated key still gets its job: that creates nothing)."""
-        if await self._storage.pending_count() >= self._max_pending:
+        return that job instead and create nothing. Raises Overloaded when `max_pending`
+        jobs are pending, counting this server's creates still on their way to the writer
+        (a repeated key still gets its job: that creates nothing); StoreError (and its
+        CommitUnknown, WriterBusy) when the write failed."""
+        if await self._storage.pending_count() + self._creating >= self._max_pending:
             earlier = await self._storage.job_by_idempotency_key(idempotency_key) if idempotency_key else None
             if earlier is not None:
                 return CreateResult(*earlier, created=False)
             raise Overloaded(f"{self._max_pending} jobs are pending; try again later")
         delay = draw_delay(*self._delays, self._rng)
         job = Job.new(delay, now_ms())
-        result = await self._storage.create_job(job, idempotency_key)
+        self._creating += 1
+        try:
+            result = await self._storage.create_job(job, idempotency_key)
+        finally:
+            self._creating -= 1
         if result.created:
             self._scheduler.add(job.id, job.due_at)
         return result

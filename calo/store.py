@@ -10,16 +10,17 @@ Threads:
 - `Reader` wraps one read-only connection and must be used on the thread that made it
   (the IOLoop thread has one, the JSON exporter has its own). In WAL mode a reader never
   waits for the writer; reads are indexed and bounded by a LIMIT.
-- `Writer` owns the only write connection on its own thread. Callers (any thread) submit
-  operations and get a `concurrent.futures.Future`; operations that arrive together are
-  committed in one transaction (group commit, `synchronous=FULL`). After each commit its
-  futures are completed and the events it appended go to `on_commit`, on the writer
-  thread; `_hand_over` is where the server's writer process sends them to the server
-  instead (calo/writer_process.py). A WAL checkpoint runs on the writer thread, between
-  two groups, outside any transaction.
+- `Writer` owns the only write connection on its own thread: the one write path. Callers
+  (any thread) submit tagged operations; operations that arrive together are committed
+  in one transaction (group commit, `synchronous=FULL`), and each group's (tag, result,
+  error) triples and events go to one `on_group` callback on the writer thread. It runs
+  in the writer process (calo/writer_process.py), whose parent side answers with asyncio
+  futures. A WAL checkpoint runs on the writer thread, between two groups, outside any
+  transaction, and once more at stop.
 
-Must never: import Tornado, block its caller on a commit, or let one failing operation
-undo the others of its group.
+Must never: import Tornado, block its caller on a commit, let one failing operation
+undo the others of its group, or go on writing to a database file that is no longer
+the one at its path.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import os
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -42,6 +44,9 @@ from calo.jobs import CANCELLED_EVENT, CREATED, EVENT_FOR_STATUS, FAILED, PENDIN
 DB_FILE = "calo.db"
 LOCK_FILE = "calo.lock"
 BUSY_TIMEOUT_MS = 5000
+PRIVATE_DIR = 0o700  # jobs, their photos and idempotency keys are nobody else's business
+PRIVATE_FILE = 0o600
+IDLE_CHECK_SECONDS = 1.0  # how often an idle writer checks that its database file is still there
 EXPORT_CHUNK = 2000  # job documents per read of the JSON export
 MAX_GROUP = 512  # operations committed together at most; bounds one transaction's time
 CHECKPOINT_BUSY_MS = 200  # a checkpoint waits this long for readers, then leaves the rest for next time
@@ -90,11 +95,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # A job's own events, oldest first, for its timeline (GET /jobs/{id}/events).
         "CREATE INDEX events_by_job ON events(job_id, seq)",
     ),
+    (
+        # One row the health check rewrites: /readyz proves a real write reaches the disk
+        # (an empty transaction writes nothing, so it passes on a full disk).
+        "CREATE TABLE write_checks (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+    ),
 )
 
 
 class StoreError(Exception):
-    """The database cannot be opened or used; the message is one line for the operator."""
+    """The database cannot be opened or used; the message is one line for the operator.
+    Raised by a write, it means that write was certainly not stored."""
+
+
+class CommitUnknown(StoreError):
+    """The write reached the writer but its answer did not come back (the writer died,
+    stopped, or took longer than the time limit): it may or may not be stored. Retrying
+    with the same Idempotency-Key is safe."""
+
+
+class WriterBusy(StoreError):
+    """Too many writes are already waiting for the writer; this one was not stored."""
 
 
 class Event(NamedTuple):
@@ -103,6 +124,7 @@ class Event(NamedTuple):
     job_id: str
     job_json: str
     lateness_ms: int | None = None  # resolved_at - due_at, on a fresh resolution (for metrics)
+    due_at: int | None = None  # when a job created or put back to pending is due (for the scheduler)
 
 
 class WrongStatus(Exception):
@@ -189,8 +211,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _lock_data_dir(data_dir: str) -> int:
     """Hold an exclusive lock on the data dir for as long as the descriptor is open, so
     two servers never run the same jobs. Returns the lock file descriptor."""
-    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # whatever the umask, or an older server, left
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
@@ -200,16 +223,31 @@ def _lock_data_dir(data_dir: str) -> int:
 
 def _prepare_data_dir(data_dir: str) -> None:
     try:
-        os.makedirs(data_dir, exist_ok=True)
+        os.makedirs(data_dir, PRIVATE_DIR, exist_ok=True)
+        info = os.stat(data_dir)
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            # makedirs' mode is filtered by the umask, and a checked-out ./data is 0755:
+            # the data dir holds only this server's files, so it is made private.
+            os.chmod(data_dir, PRIVATE_DIR)
     except OSError as exc:
         raise StoreError(f"data dir {data_dir} cannot be created: {exc.strerror}") from None
     if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
         raise StoreError(f"data dir {data_dir} is not writable by this user")
 
 
+def _make_private(path: str) -> None:
+    """Create `path` if missing, and make it and its WAL and shared-memory files readable
+    by this user only: SQLite gives a new -wal or -shm file the mode of the database."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            os.chmod(name, PRIVATE_FILE)
+        except FileNotFoundError:
+            pass
+
+
 def _create_or_upgrade(path: str) -> None:
-    if not os.path.exists(path):
-        sqlite3.connect(path).close()
+    _make_private(path)
     conn = _connect(path, readonly=False)
     try:
         _check_not_newer(_schema_version(conn))  # before anything writes to the file
@@ -401,14 +439,15 @@ WriteFn = Callable[[sqlite3.Connection, list[Event]], Any]
 
 @dataclasses.dataclass
 class _Op:
+    """One requested write, as the writer thread runs it."""
+
+    tag: object  # how the caller knows it (the writer process's request number)
     fn: WriteFn
-    future: concurrent.futures.Future[Any]
     bare: bool = False  # runs after the group's transaction, outside any (a WAL checkpoint)
     new_job: Job | None = None  # a create without a key: the group inserts these together
-    tag: object = None  # what `_hand_over` calls it (the writer process's request number)
 
 
-Completion = tuple[_Op, Any, BaseException | None]  # an operation, its result, its error
+Completion = tuple[object, Any, BaseException | None]  # (tag, result, error) of one _Op
 
 
 def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job: Job, job_json: str) -> None:
@@ -419,7 +458,8 @@ def _append_event(conn: sqlite3.Connection, events: list[Event], kind: str, job:
     lateness = None
     if kind == EVENT_FOR_STATUS[RESOLVED] and job.resolved_at is not None:
         lateness = job.resolved_at - job.due_at
-    events.append(Event(_inserted_rowid(cursor), kind, job.id, job_json, lateness))
+    due_at = job.due_at if job.status == PENDING and kind in (CREATED, RETRIED) else None
+    events.append(Event(_inserted_rowid(cursor), kind, job.id, job_json, lateness, due_at))
 
 
 def _inserted_rowid(cursor: sqlite3.Cursor) -> int:
@@ -469,7 +509,10 @@ def _insert_new_jobs(conn: sqlite3.Connection, events: list[Event], jobs: list[J
     # One statement under the write lock: the events' seqs are consecutive, ending at lastrowid.
     last_seq = _inserted_rowid(conn.execute(_INSERT_CREATED_EVENTS, (CREATED, now_ms(), rows)))
     first_seq = last_seq - len(created) + 1
-    events.extend(Event(first_seq + n, CREATED, new.job_id, new.job_json) for n, new in enumerate(created))
+    events.extend(
+        Event(first_seq + n, CREATED, new.job_id, new.job_json, due_at=job.due_at)
+        for n, (job, new) in enumerate(zip(jobs, created, strict=True))
+    )
     return created
 
 
@@ -590,8 +633,13 @@ def _prune_events(older_than_ms: int) -> WriteFn:
     return write
 
 
-def _nothing(conn: sqlite3.Connection, events: list[Event]) -> None:
-    """A write that changes nothing: proves the writer takes the write lock and commits."""
+def _write_check(at: int) -> WriteFn:
+    """Rewrite the one row of `write_checks`: a write that must reach the disk."""
+
+    def write(conn: sqlite3.Connection, events: list[Event]) -> None:
+        conn.execute("INSERT OR REPLACE INTO write_checks (id, at) VALUES (1, ?)", (at,))
+
+    return write
 
 
 class DeletedBatch(NamedTuple):
@@ -642,14 +690,6 @@ def _checkpoint(conn: sqlite3.Connection, events: list[Event]) -> tuple[int, int
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
-def _set_results(completions: list[Completion]) -> None:
-    for op, result, error in completions:
-        if error is None:
-            op.future.set_result(result)
-        else:
-            op.future.set_exception(error)
-
-
 class _OperationFailed(Exception):
     """An operation of a group raised; the group is run again, each in a savepoint."""
 
@@ -693,8 +733,9 @@ class WriteRequests:
         return self._request("prune_events", (older_than_ms,))
 
     def ping(self) -> asyncio.Future[None]:
-        """Future of None once an empty write transaction has committed (health check)."""
-        return self._request("ping", ())
+        """Future of None once a real write (the one row of `write_checks`) has committed:
+        the health check, so that a full disk shows as not ready."""
+        return self._request("ping", (now_ms(),))
 
     def delete_settled_jobs(self, cutoff_ms: int, after_num: int, limit: int) -> asyncio.Future[DeletedBatch]:
         """Future of a DeletedBatch: one bounded batch of job retention (no events)."""
@@ -715,47 +756,71 @@ _OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
     "cancel_job": lambda job_id, at: (_cancel_job(job_id, at), False, None),
     "retry_failed": lambda *args: (_retry_failed(*args), False, None),
     "prune_events": lambda older_than_ms: (_prune_events(older_than_ms), False, None),
-    "ping": lambda: (_nothing, False, None),
+    "ping": lambda at: (_write_check(at), False, None),
     "delete_settled_jobs": lambda *args: (_delete_settled_jobs(*args), False, None),
     "checkpoint": lambda: (_checkpoint, True, None),
 }
 
 
-class Writer:
-    """The one write connection, on its own thread, committing in groups. It runs in the
-    writer process (calo/writer_process.py), which submits the server's requests to it."""
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path` now, or None if there is none (or it cannot
+    be reached any more)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
-    def __init__(self, path: str, on_commit: Callable[[list[Event]], None]):
-        """`on_commit(events)` is called on the writer thread after each commit that
-        appended events, once that commit's futures are completed."""
+
+class Writer:
+    """The one write connection, on its own thread, committing requests in groups.
+
+    `submit(tag, name, args)` queues the operation `name` (see `_OPERATIONS`) from any
+    thread. After each group, on the writer thread, `on_group(completions, events)` gets
+    every operation's (tag, result, error) and the events the commit appended. Each group
+    is a unit of failure: one failing operation is undone alone (savepoints), a failing
+    commit fails its group (nothing of it stored), and the thread goes on.
+
+    It stops taking writes for good, and says why by `on_fatal(reason)` once, when it can
+    no longer trust its connection: the database file at `path` was removed or replaced
+    by another (checked before every group, and every IDLE_CHECK_SECONDS when idle), a
+    rollback failed, or the thread met an error it does not know. From then on every
+    operation fails with that reason (certainly not stored) until `stop`.
+    """
+
+    def __init__(self, path: str, on_group: Callable[[list[Completion], list[Event]], None],
+                 on_fatal: Callable[[str], None] = lambda reason: None):
         self._path = path
-        self._on_commit = on_commit
+        self._on_group = on_group
+        self._on_fatal = on_fatal
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()  # None: stop
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._identity: tuple[int, int] | None = None
+        self._refusing: str | None = None  # why every write now fails
         self._thread = threading.Thread(target=self._run, name="calo-writer", daemon=True)
 
     def start(self) -> None:
+        """Open the connection on the writer thread; raises StoreError if it cannot."""
         self._thread.start()
-        self._ready.result()  # re-raises if the connection could not be opened
+        self._ready.result()
+
+    def submit(self, tag: object, name: str, args: tuple[Any, ...]) -> None:
+        """Queue one operation. Safe from any thread."""
+        fn, bare, new_job = _OPERATIONS[name](*args)
+        self._queue.put(_Op(tag, fn, bare, new_job))
 
     def stop(self) -> None:
-        """Commit what was submitted, then close. Safe to call from any thread."""
+        """Commit what was submitted, checkpoint and truncate the WAL (so that `calo.db`
+        alone holds everything), close. Idempotent; safe from any thread."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-
-    def submit(self, name: str, args: tuple[Any, ...], tag: object = None) -> concurrent.futures.Future[Any]:
-        """Queue the operation `name` (see `_OPERATIONS`); any thread. `tag` names it in
-        `_hand_over`."""
-        fn, bare, new_job = _OPERATIONS[name](*args)
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(_Op(fn, future, bare, new_job, tag))
-        return future
 
     def _run(self) -> None:
         try:
             conn = _connect(self._path, readonly=False)
             conn.execute("PRAGMA synchronous = FULL")  # a 201 means on disk, not in a cache
+            self._identity = _file_identity(self._path)
         except sqlite3.Error as exc:
             self._ready.set_exception(StoreError(f"cannot open {self._path} for writing: {exc}"))
             return
@@ -763,80 +828,120 @@ class Writer:
         try:
             while self._serve_one_group(conn):
                 pass
+            if self._refusing is None:
+                self._final_checkpoint(conn)
+        except BaseException as exc:  # never silently: the server hears it and restarts
+            self._refuse(f"the writer thread failed: {exc!r}")
+            raise
         finally:
             conn.close()
 
-    def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
-        """Commit the next group of operations; False once asked to stop."""
-        queued = [self._queue.get()]
+    def _next_group(self) -> tuple[list[_Op], bool]:
+        """The operations waiting (at most MAX_GROUP), and whether stop was asked."""
+        try:
+            queued = [self._queue.get(timeout=IDLE_CHECK_SECONDS)]
+        except queue.Empty:
+            return [], False
         while len(queued) < MAX_GROUP:
             try:
                 queued.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        stopping = None in queued
-        group = [op for op in queued if op is not None]
-        # An operation whose caller cancelled it is skipped; the rest can no longer be
-        # cancelled, so setting their results cannot fail and kill this thread.
-        group = [op for op in group if op.future.set_running_or_notify_cancel()]
-        bare = [op for op in group if op.bare]
-        group = [op for op in group if not op.bare]
-        if group:
-            self._commit(conn, group)
-        for op in bare:
-            self._run_bare(conn, op)
+        return [op for op in queued if op is not None], None in queued
+
+    def _serve_one_group(self, conn: sqlite3.Connection) -> bool:
+        """Commit the next group of operations; False once asked to stop."""
+        group, stopping = self._next_group()
+        if self._refusing is None:
+            self._check_file()
+        if not group:
+            return not stopping
+        if self._refusing is not None:
+            self._hand_over([(op.tag, None, StoreError(self._refusing)) for op in group], [])
+            return not stopping
+        try:
+            completions, events = self._commit(conn, [op for op in group if not op.bare])
+            completions += [self._run_bare(conn, op) for op in group if op.bare]
+        except Exception as exc:  # a failed rollback, or a bug: nothing of the group committed
+            self._refuse(f"the writer stopped after an unexpected error: {exc!r}")
+            completions, events = [(op.tag, None, StoreError(self._refusing)) for op in group], []
+        self._hand_over(completions, events)
         return not stopping
 
-    def _run_bare(self, conn: sqlite3.Connection, op: _Op) -> None:
-        try:
-            self._hand_over([(op, op.fn(conn, []), None)], [])
-        except sqlite3.Error as exc:
-            self._hand_over([(op, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}"))], [])
-
     def _hand_over(self, completions: list[Completion], events: list[Event]) -> None:
-        """Writer thread, after a commit: complete its futures, then report its events."""
-        _set_results(completions)
-        if events:
-            self._on_commit(events)
+        try:
+            self._on_group(completions, events)
+        except Exception as exc:  # its callers would never hear: stop taking writes, loudly
+            self._refuse(f"the writer could not hand over a group's results: {exc!r}")
 
-    def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+    def _check_file(self) -> None:
+        """Is `path` still the file this connection writes to? A removed or replaced
+        database would take writes that no restart ever sees."""
+        now = _file_identity(self._path)
+        if now != self._identity:
+            what = "removed" if now is None else "replaced by another file"
+            self._refuse(f"{self._path} was {what} while the server ran; writes stopped")
+
+    def _refuse(self, reason: str) -> None:
+        if self._refusing is None:
+            self._refusing = reason
+            self._on_fatal(reason)
+
+    def _final_checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # readers finish their read
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            busy = f"{exc}"
+        if busy:
+            print(f"calo-writer: the WAL checkpoint at stop did not finish ({busy}); calo.db needs "
+                  "its -wal file until the next start", file=sys.stderr)
+
+    def _run_bare(self, conn: sqlite3.Connection, op: _Op) -> Completion:
+        try:
+            return op.tag, op.fn(conn, []), None
+        except sqlite3.Error as exc:
+            return op.tag, None, StoreError(f"{op.fn.__name__.strip('_')} failed: {exc}")
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Op]) -> tuple[list[Completion], list[Event]]:
         """Commit a group in one transaction. Operations run plainly first (failures are
         rare); if one raises, the group is rolled back and run again with each operation
-        in its own savepoint, so that only the failing one is undone."""
+        in its own savepoint, so that only the failing one is undone. If the commit itself
+        fails (a full disk), nothing of the group is stored and each operation says so."""
+        if not group:
+            return [], []
         try:
             try:
-                outcomes, events = self._run_group(conn, group, isolated=False)
+                return self._run_group(conn, group, isolated=False)
             except _OperationFailed:
-                outcomes, events = self._run_group(conn, group, isolated=True)
+                return self._run_group(conn, group, isolated=True)
         except sqlite3.Error as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._hand_over([(op, None, StoreError(f"write failed: {exc}")) for op in group], [])
-            return
-        self._hand_over(outcomes, events)
+                conn.execute("ROLLBACK")  # if this raises, _serve_one_group stops the writer
+            return [(op.tag, None, StoreError(f"write failed: {exc}")) for op in group], []
 
     def _run_group(
-        self, conn: sqlite3.Connection, group: list[_Op], isolated: bool
+        self, conn: sqlite3.Connection, group: list[_Op], isolated: bool,
     ) -> tuple[list[Completion], list[Event]]:
         """Plainly, the group's new jobs are inserted together first, then the other
         operations run one by one; isolated, every operation runs alone in a savepoint."""
         events: list[Event] = []
-        outcomes: list[Completion] = []
+        completions: list[Completion] = []
         conn.execute("BEGIN IMMEDIATE")
         if isolated:
-            outcomes = [self._run_in_savepoint(conn, op, events) for op in group]
+            completions = [self._run_in_savepoint(conn, op, events) for op in group]
         else:
             try:
-                creates = [(op, op.new_job) for op in group if op.new_job is not None]
+                creates = [op for op in group if op.new_job is not None]
                 if creates:
-                    results = _insert_new_jobs(conn, events, [job for _, job in creates])
-                    outcomes.extend((op, result, None) for (op, _), result in zip(creates, results, strict=True))
-                outcomes.extend((op, op.fn(conn, events), None) for op in group if op.new_job is None)
+                    results = _insert_new_jobs(conn, events, [op.new_job for op in creates if op.new_job])
+                    completions.extend((op.tag, result, None) for op, result in zip(creates, results, strict=True))
+                completions.extend((op.tag, op.fn(conn, events), None) for op in group if op.new_job is None)
             except Exception:  # run again, isolated, by _commit
                 conn.execute("ROLLBACK")
                 raise _OperationFailed from None
         conn.execute("COMMIT")
-        return outcomes, events
+        return completions, events
 
     @staticmethod
     def _run_in_savepoint(conn: sqlite3.Connection, op: _Op, events: list[Event]) -> Completion:
@@ -848,7 +953,7 @@ class Writer:
         except Exception as exc:  # handed to the caller's future, not swallowed
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
-            return op, None, exc
+            return op.tag, None, exc
         conn.execute("RELEASE op")
         events.extend(own_events)
-        return op, result, None
+        return op.tag, result, None

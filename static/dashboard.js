@@ -195,7 +195,7 @@ export function upstreamNotice(upstream) {
     case 'rate_limited':
       return { state, text: `Unsplash's hourly request limit is used up. Due jobs wait${upstream.until ? ` until ${when(upstream.until)}` : ''}; none fails for it.` };
     case 'rejected':
-      return { state, text: 'Unsplash rejected the access key. Jobs cannot fetch photos: check CALO_UNSPLASH_ACCESS_KEY and restart the server.' };
+      return { state, text: `Unsplash rejected the access key${upstream.since ? ` at ${when(upstream.since)}` : ''}. Jobs cannot fetch photos: check CALO_UNSPLASH_ACCESS_KEY and restart the server.` };
     case 'demo':
       return { state, quiet: true, text: 'Demo mode: no Unsplash access key is set, so jobs resolve with bundled demo images.' };
     default:

@@ -99,10 +99,11 @@ def server_process(fake_unsplash, data_dir) -> Iterator[Callable[..., ServerProc
     """Factory: `server_process("--workers", "2", env={...})` starts a server process."""
     started: list[ServerProcess] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, fast: bool = True) -> ServerProcess:
+    def start(*flags: str, env: dict[str, str] | None = None, fast: bool = True,
+              wrapper: list[str] | None = None) -> ServerProcess:
         environ = server_environ(fake_unsplash, data_dir)
         environ.update(env or {})
-        process = ServerProcess(environ, [*(FAST_DELAYS if fast else ()), *flags])
+        process = ServerProcess(environ, [*(FAST_DELAYS if fast else ()), *flags], wrapper)
         started.append(process)
         return process.start()
 

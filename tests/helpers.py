@@ -132,8 +132,10 @@ class ServerProcess:
 
     READY = re.compile(r"msg=\"ready url=(\S+)")
 
-    def __init__(self, environ: dict[str, str], flags: list[str]):
+    def __init__(self, environ: dict[str, str], flags: list[str], wrapper: list[str] | None = None):
+        """`wrapper`: a command that runs the server, e.g. ["prlimit", "--nofile=128"]."""
         self.environ = {**os.environ, **environ, "PYTHONUNBUFFERED": "1"}
+        self.wrapper = wrapper or []
         for name in ("UNSPLASH_ACCESS_KEY",):  # the developer's own key must not leak in
             self.environ.pop(name, None)
         self.flags = flags
@@ -154,7 +156,7 @@ class ServerProcess:
     def start(self, timeout: float = 15.0) -> ServerProcess:
         self.lines = []
         self._process = subprocess.Popen(
-            [sys.executable, "server.py", "--port", "0", *self.flags],
+            [*self.wrapper, sys.executable, "server.py", "--port", "0", *self.flags],
             cwd=ROOT, env=self.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self._drainer = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
@@ -392,7 +394,7 @@ class WriterUnderTest:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.writer.stop()
+        self.loop.run_until_complete(self.writer.stop(10))
         self.loop.close()
 
     def run(self, awaitable: Awaitable[T], timeout: float = 10.0) -> T:

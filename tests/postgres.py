@@ -49,7 +49,9 @@ class ThrowawayPostgres:
     """One cluster: `start()`, `new_database()` per test, `stop()` at the end. `restart()`
     and `stop()`/`start()` let fault tests take it away under running servers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        """`fsync=True` for measurements (the benchmark): commits durable as in production."""
+        self.fsync = fsync
         self.bindir = find_bindir()
         self.dir = tempfile.mkdtemp(prefix="calo-pg-")
         self.data = os.path.join(self.dir, "data")
@@ -71,7 +73,7 @@ class ThrowawayPostgres:
 
     def start(self) -> None:
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.dir}"
-                   " -c fsync=off -c max_connections=300")
+                   f" -c fsync={'on' if self.fsync else 'off'} -c max_connections=300")
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-o", options,
                   "-w", "-t", str(START_TIMEOUT_SECONDS), "start")
 

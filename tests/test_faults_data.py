@@ -165,7 +165,7 @@ async def test_a_job_whose_outcome_the_store_keeps_refusing_fails_after_bounded_
     finally:
         await scheduler.stop(1)
         pool.shutdown()
-        writer.stop()
+        await writer.stop(10)
         reader.close()
 
 

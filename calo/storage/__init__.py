@@ -26,7 +26,7 @@ def open_storage(settings: Settings) -> Storage:
     if not settings.database_url:
         from calo.storage.sqlite import SqliteStorage
 
-        return SqliteStorage(settings.data_dir)
+        return SqliteStorage(settings.data_dir, write_timeout=settings.write_timeout)
     try:
         from calo.storage.postgres import PostgresStorage
     except ImportError as exc:

@@ -11,8 +11,10 @@ wait on the network (PostgreSQL reads are asynchronous). Writes are durable when
 future completes: a `CreateResult` means the job is committed (fsync'd) and will run.
 
 Errors: any operation may raise `StoreError` (one line for the operator: the database is
-unreachable or refuses the write; nothing was committed, or the caller cannot know and
-must retry idempotently). `retry_job` raises `NotRetryable`.
+unreachable or refuses the write; nothing was committed), or its subclasses `WriterBusy`
+(too many writes wait already: nothing was committed) and `CommitUnknown` (the write was
+handed over but its answer never came: the caller cannot know and must retry
+idempotently). `retry_job` raises `NotRetryable`.
 
 Threads: every method is called on the IOLoop thread, except `export_reader()`, whose
 result is used on the exporter's own thread.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from calo.store import Activity as StoredActivity
 from calo.store import (
+    CommitUnknown,
     CreateResult,
     DeletedBatch,
     Event,
@@ -36,6 +39,7 @@ from calo.store import (
     NotStored,
     RetriedBatch,
     StoreError,
+    WriterBusy,
     WrongStatus,
 )
 
@@ -43,8 +47,8 @@ if TYPE_CHECKING:
     from calo.jobs import Job, Outcome
 
 __all__ = [
-    "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable", "NotRetryable", "NotStored",
-    "RetriedBatch", "Storage", "StoreError", "StoredActivity", "WrongStatus",
+    "CommitUnknown", "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable", "NotRetryable",
+    "NotStored", "RetriedBatch", "Storage", "StoreError", "StoredActivity", "WriterBusy", "WrongStatus",
 ]
 
 OnEvents = Callable[[list[Event]], None]
@@ -109,8 +113,10 @@ class Storage(abc.ABC):
         (their `on_rate_limit`). SQLite: nobody to tell."""
 
     @abc.abstractmethod
-    async def stop(self) -> None:
-        """Commit what was submitted, deliver its results, close every connection."""
+    async def stop(self, timeout: float = 10.0) -> bool:
+        """Commit what was submitted, deliver its results, close every connection. A
+        writer still busy after `timeout` seconds is stopped without waiting (its callers
+        learn their commit is unknown). True if everything stopped in time. Idempotent."""
 
     @abc.abstractmethod
     def export_reader(self) -> ExportReader:
@@ -213,7 +219,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def ping(self) -> asyncio.Future[None]:
-        """Completes once an empty write transaction has committed (the readiness check)."""
+        """Completes once a write has committed (the readiness check; SQLite rewrites a
+        row, so that a full disk shows)."""
 
     # -- what only a shared database needs ------------------------------------------------
 

@@ -9,11 +9,13 @@ Owns the connections to PostgreSQL and what servers must agree on:
   the live feed, woken by LISTEN/NOTIFY, by this server's own commits, and by a poll
   (postgres_log);
 - claims: every pending job is claimed by one server (`jobs.claimed_by`), the one that
-  created or retried it, and only that server runs it. Each server heartbeats every
+  created or retried it, and only that server runs it (a pending job claimed by none, e.g.
+  written by another tool, is taken over like a gone server's). Each server heartbeats every
   lease/5 seconds (`instances.heartbeat_at`, PostgreSQL's clock, so the servers' clocks
   need not agree); a server whose heartbeat is older than `--instance-lease` counts as
-  gone, and the others take its pending jobs over (`FOR UPDATE SKIP LOCKED`: each job
-  goes to one server), at the next heartbeat. A server that stops cleanly hands its jobs
+  gone, and the others take its pending jobs over at their next heartbeats (`FOR UPDATE
+  SKIP LOCKED`: each job goes to one server), each its share (the claimable jobs divided
+  by the live servers), earliest due first. A server that stops cleanly hands its jobs
   over at once (it marks itself gone);
 - upkeep once: one server at a time holds a session advisory lock (`UPKEEP_LOCK`) on its
   heartbeat connection and runs the periodic upkeep and the JSON export (`runs_upkeep`);
@@ -157,9 +159,10 @@ class PostgresStorage(Storage):
         assert self._loop is not None
         self._heart = self._loop.create_task(self._heartbeat_forever(), name="calo-pg-heartbeat")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> bool:
+        # The writer's own timeouts bound each commit; `timeout` is SQLite's concern.
         if self._loop is None:
-            return
+            return True
         if self._heart is not None:
             self._heart.cancel()
             await asyncio.gather(self._heart, return_exceptions=True)
@@ -170,6 +173,7 @@ class PostgresStorage(Storage):
         await self._leave()
         await self._pool.close()
         self._loop = None
+        return True
 
     async def _leave(self) -> None:
         """Mark this server gone, so others take its pending jobs over at once."""
@@ -256,11 +260,17 @@ class PostgresStorage(Storage):
 
     async def _take_over(self, conn: psycopg.AsyncConnection) -> list[tuple[int, str]]:
         cur = await conn.execute(
-            "WITH gone AS (SELECT id FROM instances WHERE heartbeat_at < now() - make_interval(secs => %s)),"
-            " doomed AS (SELECT num FROM jobs WHERE status = 'pending' AND claimed_by IN (SELECT id FROM gone)"
-            "  ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " UPDATE jobs SET claimed_by = %s FROM doomed WHERE jobs.num = doomed.num RETURNING due_at, id",
-            (self.lease, TAKEOVER_BATCH, self.instance_id),
+            "WITH gone AS (SELECT id FROM instances WHERE heartbeat_at < now() - make_interval(secs => %(lease)s)),"
+            " live AS (SELECT greatest(1, count(*)) AS n FROM instances"
+            "  WHERE heartbeat_at >= now() - make_interval(secs => %(lease)s)),"
+            " claimable AS (SELECT num FROM jobs WHERE status = 'pending'"
+            "  AND (claimed_by IS NULL OR claimed_by IN (SELECT id FROM gone))),"
+            # This server's fair share (the live servers split them), earliest due first.
+            " doomed AS (SELECT num FROM jobs WHERE num IN (SELECT num FROM claimable) ORDER BY due_at"
+            "  LIMIT least(%(most)s, ceil((SELECT count(*) FROM claimable)::numeric / (SELECT n FROM live)))"
+            "  FOR UPDATE SKIP LOCKED)"
+            " UPDATE jobs SET claimed_by = %(me)s FROM doomed WHERE jobs.num = doomed.num RETURNING due_at, id",
+            {"lease": self.lease, "most": TAKEOVER_BATCH, "me": self.instance_id},
         )
         taken = await cur.fetchall()
         # Servers gone for good with nothing left to hand over: forget them.

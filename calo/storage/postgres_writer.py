@@ -36,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -59,6 +60,7 @@ log = logging.getLogger("calo.storage")
 
 MAX_GROUP = 512  # operations per transaction at most
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000  # frees the seq row of a server stopped mid-commit
+IDLE_PROBE_SECONDS = 1.0  # a connection unused this long is checked before a group uses it
 
 
 @dataclasses.dataclass
@@ -114,6 +116,7 @@ class PostgresWriter:
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._conn: psycopg.AsyncConnection | None = None
         self._committing = False  # the current group's COMMIT has been sent
+        self._last_used = time.monotonic()  # when a group last used the connection
         self._ambiguous = False  # a COMMIT's answer was lost: on_reconnect once reconnected
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None  # why the last group failed to reach the database
@@ -145,7 +148,7 @@ class PostgresWriter:
     async def _connect(self) -> psycopg.AsyncConnection:
         try:
             return await psycopg.AsyncConnection.connect(
-                self._url, autocommit=False, **self._connect_options,
+                self._url, autocommit=True, **self._connect_options,
                 options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
             )
         except psycopg.Error as exc:
@@ -200,12 +203,26 @@ class PostgresWriter:
 
     async def _commit_on(self, conn: psycopg.AsyncConnection, ops: list[_Op]) -> tuple[list[Result], list[Event]]:
         self._committing = False
+        if all(op.new_job is not None for op in ops):
+            return await self._create_only(conn, ops)
         try:
             return await self._run_group(conn, ops, isolated=False)
         except _OperationFailed:
             return await self._run_group(conn, ops, isolated=True)
 
+    async def _create_only(self, conn: psycopg.AsyncConnection, ops: list[_Op]) -> tuple[list[Result], list[Event]]:
+        """The busiest group, only keyless creates: ONE statement in autocommit mode (the
+        jobs, their count and their events), so a group costs one round trip."""
+        changes = Changes()
+        jobs = [op.new_job for op in ops if op.new_job is not None]
+        created = self._created(changes, jobs)
+        self._committing = True  # the statement commits by itself
+        events = await self._finish(conn.cursor(), changes, jobs, created)
+        return [(result, None) for result in created], events
+
     async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is not None and time.monotonic() - self._last_used > IDLE_PROBE_SECONDS:
+            await self._probe()
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 await self._conn.close()
@@ -214,7 +231,17 @@ class PostgresWriter:
             if self._ambiguous:
                 self._ambiguous = False
                 self._on_reconnect()
+        self._last_used = time.monotonic()
         return self._conn
+
+    async def _probe(self) -> None:
+        """After a quiet spell, check the connection before a group uses it (PostgreSQL may
+        have restarted meanwhile): a dead one is replaced, and nothing is ambiguous."""
+        assert self._conn is not None
+        try:
+            await self._conn.execute("SELECT 1")
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            await self._conn.close()
 
     def _broken(self, exc: BaseException) -> None:
         self.last_error = str(exc) if isinstance(exc, StoreError) else one_line(exc)
@@ -228,52 +255,64 @@ class PostgresWriter:
         changes = Changes()
         async with conn.transaction():
             cur = conn.cursor()
+            jobs: list[Job] = []
+            created: list[CreateResult] = []
             if isolated:
                 results = [await _in_savepoint(conn, op, changes) for op in ops]
             else:
                 try:
-                    results = await self._plainly(cur, ops, changes)
+                    results, jobs, created = await self._plainly(cur, ops, changes)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
                     raise
                 except Exception:  # rolled back here, run again isolated by _commit
                     raise _OperationFailed from None
-            events = await self._finish(cur, changes)
+            events = await self._finish(cur, changes, jobs, created)
             self._committing = True  # leaving the block sends COMMIT
         return results, events
 
-    async def _plainly(self, cur: Cursor, ops: list[_Op], changes: Changes) -> list[Result]:
+    async def _plainly(
+        self, cur: Cursor, ops: list[_Op], changes: Changes,
+    ) -> tuple[list[Result], list[Job], list[CreateResult]]:
+        """Every operation but the keyless creates, whose jobs the last statement inserts."""
         results: dict[int, Result] = {}
         creates = [(index, op.new_job) for index, op in enumerate(ops) if op.new_job is not None]
-        if creates:
-            created = await self._insert_jobs(cur, changes, [job for _, job in creates])
-            results.update({index: (result, None) for (index, _), result in zip(creates, created, strict=True)})
+        jobs = [job for _, job in creates]
+        created = self._created(changes, jobs)
+        results.update({index: (result, None) for (index, _), result in zip(creates, created, strict=True)})
         for index, op in enumerate(ops):
             if op.new_job is None:
                 results[index] = (await op.fn(cur, changes), None)
-        return [results[index] for index in range(len(ops))]
+        return [results[index] for index in range(len(ops))], jobs, created
 
-    async def _insert_jobs(self, cur: Cursor, changes: Changes, jobs: list[Job]) -> list[CreateResult]:
+    @staticmethod
+    def _created(changes: Changes, jobs: list[Job]) -> list[CreateResult]:
         created = [CreateResult(job.id, job.to_json(), created=True) for job in jobs]
-        await cur.execute(_INSERT_JOBS, (PENDING, self.instance_id, [job.id for job in jobs],
-                                         [job.due_at for job in jobs], [new.job_json for new in created]))
         for job, new in zip(jobs, created, strict=True):
             changes.event(CREATED, job, new.job_json)
-        changes.count(PENDING, len(jobs))
+        if jobs:
+            changes.count(PENDING, len(jobs))
         return created
 
-    async def _finish(self, cur: Cursor, changes: Changes) -> list[Event]:
-        """The group's counters, then its events with their seqs (the last statement)."""
-        if changes.counts:
-            statuses, deltas = zip(*changes.counts.items(), strict=True)
-            await cur.execute(_COUNT, (self._shard, list(statuses), list(deltas)))
+    async def _finish(
+        self, cur: Cursor, changes: Changes, jobs: Sequence[Job] = (), created: Sequence[CreateResult] = (),
+    ) -> list[Event]:
+        """The last statement of a group: its new keyless jobs, its counters and its
+        events with their seqs, in one round trip."""
+        statuses, deltas = (list(column) for column in zip(*changes.counts.items(), strict=True)) \
+            if changes.counts else ([], [])
         if not changes.events:
+            if statuses:
+                await cur.execute(_COUNT, (self._shard, statuses, deltas))
             return []
-        kinds, ids, docs, lateness = (list(column) for column in zip(*changes.events, strict=True))
-        await cur.execute(_APPEND_EVENTS, {"n": len(kinds), "at": now_ms(), "types": kinds, "ids": ids, "docs": docs})
+        kinds, ids, docs, _ = (list(column) for column in zip(*changes.events, strict=True))
+        await cur.execute(_FINISH, {
+            "me": self.instance_id, "new_ids": [job.id for job in jobs], "new_due": [job.due_at for job in jobs],
+            "new_docs": [new.job_json for new in created], "shard": self._shard, "statuses": statuses,
+            "deltas": deltas, "n": len(kinds), "at": now_ms(), "types": kinds, "ids": ids, "docs": docs,
+        })
         row = await cur.fetchone()
         assert row is not None  # the counter row exists from the first migration on
-        last = row[0]
-        first = last - len(kinds) + 1
+        first = row[0] - len(kinds) + 1
         return [Event(first + n, *event) for n, event in enumerate(changes.events)]
 
 
@@ -513,15 +552,18 @@ _COUNT = (
     "INSERT INTO job_counts (shard, status, n) SELECT %s, s, d FROM unnest(%s::text[], %s::bigint[]) AS u(s, d)"
     " ON CONFLICT (shard, status) DO UPDATE SET n = job_counts.n + EXCLUDED.n"
 )
-# Seqs are taken from event_seq at the end of the transaction: see the module docstring.
-_APPEND_EVENTS = (
-    "WITH counter AS (UPDATE event_seq SET last = last + %(n)s RETURNING last),"
+# A group's last statement: its keyless new jobs, its counters, and its events, whose seqs
+# are taken from event_seq at the end of the transaction (see the module docstring).
+_FINISH = (
+    "WITH created AS (INSERT INTO jobs (id, status, due_at, claimed_by, doc)"
+    "  SELECT id, 'pending', due_at, %(me)s, doc"
+    "  FROM unnest(%(new_ids)s::text[], %(new_due)s::bigint[], %(new_docs)s::text[]) AS u(id, due_at, doc)),"
+    " counted AS (INSERT INTO job_counts (shard, status, n)"
+    "  SELECT %(shard)s, s, d FROM unnest(%(statuses)s::text[], %(deltas)s::bigint[]) AS c(s, d)"
+    "  ON CONFLICT (shard, status) DO UPDATE SET n = job_counts.n + EXCLUDED.n),"
+    " counter AS (UPDATE event_seq SET last = last + %(n)s RETURNING last),"
     " appended AS (INSERT INTO events (seq, type, job_id, created_at, job)"
     "  SELECT counter.last - %(n)s + e.ord, e.type, e.job_id, %(at)s, e.doc FROM counter,"
     "  unnest(%(types)s::text[], %(ids)s::text[], %(docs)s::text[]) WITH ORDINALITY AS e(type, job_id, doc, ord))"
     " SELECT last, pg_notify('calo_events', last::text) FROM counter"
-)
-_INSERT_JOBS = (
-    "INSERT INTO jobs (id, status, due_at, claimed_by, doc)"
-    " SELECT id, %s, due_at, %s, doc FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS u(id, due_at, doc)"
 )

@@ -39,8 +39,9 @@ class SqliteStorage(Storage):
     name = "sqlite"
     wal_checkpoint = True
 
-    def __init__(self, data_dir: str):
+    def __init__(self, data_dir: str, write_timeout: float = 5.0):
         self.data_dir = data_dir
+        self._write_timeout = write_timeout
         self.location = data_dir
         self._database: Database | None = None
         self._reader: Reader | None = None
@@ -61,22 +62,26 @@ class SqliteStorage(Storage):
                 on_events(events)
                 on_commit(events)
 
-            self._writer = WriterProcess(self._database.path, committed, loop, on_death)
+            # A write answered commit_unknown that commits later still gets its job run.
+            self._writer = WriterProcess(self._database.path, committed, loop, on_death, on_late=on_claimed,
+                                         write_timeout=self._write_timeout)
             self._writer.start()
             self._reader = self._database.reader()
         except BaseException:
             self._database.close()
             raise
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> bool:
         if self._database is None:
-            return
+            return True
+        clean = True
         if self._writer is not None:
-            self._writer.stop()
+            clean = await self._writer.stop(timeout)
         if self._reader is not None:
             self._reader.close()
         self._database.close()
         self._database = None
+        return clean
 
     @property
     def write_failure(self) -> str | None:

@@ -244,6 +244,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], fake: FakeUnsplash) -> None:
         self.fake = fake
         self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connection_threads: list[threading.Thread] = []  # every connection's, until stop() joins it
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
@@ -256,6 +257,7 @@ class _Server(ThreadingHTTPServer):
         )
         with self._connections_lock:
             self._connections[request] = thread
+            self._connection_threads = [*(t for t in self._connection_threads if t.is_alive()), thread]
         thread.start()
 
     def shutdown_request(self, request: Any) -> None:
@@ -269,14 +271,16 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
     def close_connections(self, timeout: float) -> None:
-        """Unblock idle keep-alive readers and wait (bounded) for their threads."""
+        """Unblock idle keep-alive readers and wait (bounded) for every connection's
+        thread, including one that has just answered its last request and is ending."""
         with self._connections_lock:
-            open_connections = list(self._connections.items())
-        for connection, _ in open_connections:
+            open_connections = list(self._connections)
+            threads = list(self._connection_threads)
+        for connection in open_connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + timeout
-        for _, thread in open_connections:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 

@@ -4,7 +4,7 @@
 // the Link: <...>; rel="next" header, and the API token on every call (a 401
 // is reported to auth.js's listener, which asks for it). No DOM here.
 
-import { authHeaders, reportUnauthorized } from './auth.js';
+import { reportUnauthorized, token } from './auth.js';
 import { noteServerDate } from './util.js';
 
 export const TIMEOUT_MS = 10_000;
@@ -35,6 +35,7 @@ function parseRetryAfter(value) {
 }
 
 async function request(path, { method = 'GET', headers = {}, body, timeout = TIMEOUT_MS } = {}) {
+  const sentToken = token();
   const ctrl = new AbortController();
   const timer = setTimeout(() => ctrl.abort(), timeout);
   try {
@@ -43,7 +44,7 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
     try {
       res = await fetch(path, {
         method,
-        headers: { Accept: 'application/json', ...authHeaders(), ...headers },
+        headers: { Accept: 'application/json', ...(sentToken ? { Authorization: `Bearer ${sentToken}` } : {}), ...headers },
         body,
         signal: ctrl.signal,
         cache: 'no-store',
@@ -73,7 +74,7 @@ async function request(path, { method = 'GET', headers = {}, body, timeout = TIM
           retryAfterMs: parseRetryAfter(res.headers.get('Retry-After')),
         },
       );
-      if (res.status === 401) reportUnauthorized(err);
+      if (res.status === 401) reportUnauthorized(err, sentToken);
       throw err;
     }
     return { data, res };

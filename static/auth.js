@@ -19,12 +19,6 @@ export function setToken(value) {
   writeJSON('sessionStorage', TOKEN_KEY, value || null);
 }
 
-/** Headers for a REST call: the bearer token, when one is kept. */
-export function authHeaders() {
-  const t = token();
-  return t ? { Authorization: `Bearer ${t}` } : {};
-}
-
 function base64url(text) {
   let binary = '';
   for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
@@ -37,7 +31,10 @@ export function webSocketProtocols() {
   return t ? [SUBPROTOCOL, `calo.bearer.${base64url(t)}`] : [SUBPROTOCOL];
 }
 
-// Whoever shows the token prompt (app.js) listens here; every 401 is reported.
+// Whoever shows the token prompt (app.js) listens here. A 401 is reported only if
+// it answered the token kept now: one sent before a new token was entered is stale.
 let unauthorized = () => {};
 export function onUnauthorized(fn) { unauthorized = fn; }
-export function reportUnauthorized(err) { unauthorized(err); }
+export function reportUnauthorized(err, sentToken) {
+  if (sentToken === token()) unauthorized(err);
+}

@@ -42,8 +42,10 @@ from typing import Any
 
 import tornado.httputil
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
+
+from calo.clockwatch import Repeating
 
 log = logging.getLogger("calo.http")
 
@@ -125,7 +127,9 @@ class GuardedHTTPServer(HTTPServer):
         self.answering: set[Any] = set()  # connections whose request arrived and is being answered
         self.draining = False
         self._accept_pause = 0.0
-        self._sweep = PeriodicCallback(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, request_timeout * 250))
+        # Repeating, not PeriodicCallback: its timer is monotonic, so a backward wall-clock
+        # step does not stop the sweep (and slow clients stay cut off) for the step's length.
+        self._sweep = Repeating(self._cut_off_slow_clients, min(SWEEP_EVERY_MS, request_timeout * 250) / 1000)
         self._sweep.start()
 
     # -- accepting ---------------------------------------------------------------------------

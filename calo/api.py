@@ -37,7 +37,7 @@ import tornado.web
 
 from calo.errors import JSON_TYPE, ApiError, JsonErrors
 from calo.jobs import STATUSES
-from calo.params import decode_cursor, encode_cursor, query_argument, whole_number
+from calo.params import ASCII_DIGITS, decode_cursor, encode_cursor, query_argument, whole_number
 from calo.service import (
     CommitUnknown,
     JobService,
@@ -102,14 +102,27 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
         if self._check_cross_origin(self.access.origin_allowed) is not None:
             raise ApiError(403, "cross_origin_refused", "a page from another origin may not change jobs "
                            "(see --allowed-origins)")
-        # Tornado has checked that Content-Length is ASCII digits.
-        declared = int(self.request.headers.get("Content-Length", "0"))
+        declared = self._declared_length()
         if declared > MAX_BODY_BYTES:  # refused before a byte of it is read
             raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         content_type = self.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         has_body = declared > 0 or "Transfer-Encoding" in self.request.headers
         if has_body and content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "a body must be JSON, sent as Content-Type: application/json")
+
+    def _declared_length(self) -> int:
+        """The body's Content-Length (0 when chunked or absent). The handler sees the
+        headers before Tornado reads the body and checks its framing, so this checks the
+        framing first, as Tornado would (RFC 9112 section 6): one Content-Length of ASCII
+        digits, or `Transfer-Encoding: chunked`, not both."""
+        lengths = self.request.headers.get_list("Content-Length")
+        encodings = self.request.headers.get_list("Transfer-Encoding")
+        chunked = [value.strip().lower() for value in encodings] == ["chunked"]
+        if len(lengths) > 1 or (lengths and not ASCII_DIGITS.fullmatch(lengths[0])) or (
+                encodings and (lengths or not chunked)):
+            raise ApiError(400, "malformed_request", "the request's Content-Length or Transfer-Encoding is "
+                           "malformed (RFC 9112 section 6)")
+        return int(lengths[0]) if lengths else 0
 
     def check_no_fields(self) -> None:
         """The body is empty or `{}`: these POSTs take no fields, and say so rather than

@@ -135,23 +135,28 @@ def asyncio_loop(loop: IOLoop) -> asyncio.AbstractEventLoop:
     return loop.asyncio_loop
 
 
-def make_source(settings: Settings, web_root: str) -> DemoSource | UnsplashSource:
+def make_source(settings: Settings, web_root: str, base_url: str | None) -> DemoSource | UnsplashSource:
+    """Unsplash with a key, else the demo images, with absolute URLs from --public-url or
+    `base_url` (where the server listens)."""
     if settings.unsplash_access_key:
         return UnsplashSource(settings.unsplash_api_url, settings.unsplash_access_key, settings.unsplash_timeout)
-    return DemoSource(os.path.join(web_root, "static"))
+    return DemoSource(os.path.join(web_root, "static"), base_url=settings.public_url or base_url or "")
 
 
 class Calo:
     """The running service: every part, built from settings and wired together."""
 
-    def __init__(self, settings: Settings, on_fatal: Callable[[str], None] = lambda reason: None):
+    def __init__(
+        self, settings: Settings, on_fatal: Callable[[str], None] = lambda reason: None, base_url: str | None = None,
+    ):
         """`on_fatal(reason)` is called (on the IOLoop) if the service can no longer work
-        (its storage can no longer write); the process should then stop and exit non-zero."""
+        (its storage can no longer write); the process should then stop and exit non-zero.
+        `base_url`: http://host:port where the server listens (for demo image URLs)."""
         self.settings = settings
         self.on_fatal = on_fatal
         self.web_root = find_web_root()
         self.metrics = Metrics()
-        self.source = MeteredSource(make_source(settings, self.web_root), self.metrics.upstream_requests)
+        self.source = MeteredSource(make_source(settings, self.web_root, base_url), self.metrics.upstream_requests)
         self.hub = Hub()
         self.activity = Activity()
         self._loop = IOLoop.current()

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -40,14 +41,22 @@ class StartupError(Exception):
     """The server cannot start, or cannot go on; the message is one line for the operator."""
 
 
-def _listen(server: GuardedHTTPServer, settings: Settings) -> int:
+def _bind(settings: Settings) -> list[socket.socket]:
+    """The listening sockets, bound before anything starts: the port is known (demo image
+    URLs are absolute), and clients that connect meanwhile wait in the backlog."""
     try:
-        sockets = bind_sockets(settings.port, settings.host)
+        return bind_sockets(settings.port, settings.host)
     except OSError as exc:
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-    server.add_sockets(sockets)
-    port: int = sockets[0].getsockname()[1]
-    return port
+
+
+def listening_url(host: str, port: int) -> str:
+    """`http://host:port` where clients reach a server listening on `host`; a wildcard
+    address (all interfaces) names this machine instead (--public-url overrides both)."""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def serve(settings: Settings) -> None:
@@ -66,12 +75,16 @@ async def serve(settings: Settings) -> None:
         max_connections = connection_cap(settings.max_connections, settings.workers)
     except ConnectionCapError as exc:
         raise StartupError(str(exc)) from None
-    calo = Calo(settings, on_fatal=fail)
+    sockets = _bind(settings)
+    port: int = sockets[0].getsockname()[1]
+    calo = Calo(settings, on_fatal=fail, base_url=listening_url(settings.host, port))
     if not settings.unsplash_access_key:
         log.warning("no Unsplash access key (CALO_UNSPLASH_ACCESS_KEY): jobs get bundled demo images")
     try:
         app = await calo.start()
     except StoreError as exc:
+        for sock in sockets:
+            sock.close()
         raise StartupError(str(exc)) from None
     systemd = SystemdLink.from_environ(os.environ, calo.health)  # does nothing outside systemd
     server = GuardedHTTPServer(
@@ -82,7 +95,7 @@ async def serve(settings: Settings) -> None:
         max_body_size=MAX_BODY_BYTES,
     )
     try:
-        port = _listen(server, settings)
+        server.add_sockets(sockets)
         log.info(
             "ready url=http://%s:%d storage=%s data_dir=%s images=%s workers=%d max_connections=%d",
             settings.host, port, calo.storage.name if calo.storage else "-", settings.data_dir,

@@ -194,7 +194,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Unset: localhost, 127.0.0.1 and [::1] when --host is a loopback address, else any (*)"),
     Setting("public_url", "--public-url", ("CALO_PUBLIC_URL",), _public_url, None,
             "the URL clients reach this server at (https://jobs.example, behind a proxy); Link headers "
-            "are built from it"),
+            "and demo image URLs are built from it"),
     Setting("private", "--private", ("CALO_PRIVATE",), _flag, False,
             "with CALO_API_TOKEN: require the token for reads too"),
     Setting("access_log", "--access-log", ("CALO_ACCESS_LOG",), _flag, False,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
@@ -50,6 +51,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",  # frame-ancestors' older twin
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
+# RFC 9112 §3.2's Host: a reg-name or IPv4 address, or an IPv6 literal in brackets; a port.
+HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::[0-9]{1,5})?")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # in the order Allow lists them
 
 
@@ -96,10 +99,17 @@ class JsonErrors(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(405)
 
     def check_host(self) -> None:
-        """The Host header must name us (application setting `calo_hosts`, from
-        calo.access.answered_hosts; None answers any)."""
+        """400 unless the request has one well-formed Host header (HTTP/1.0 may have
+        none); 421 unless it names us (application setting `calo_hosts`, from
+        calo.access.answered_hosts; None answers any). Tornado itself would take a missing
+        or empty Host as 127.0.0.1, a loopback name."""
+        given = self.request.headers.get_list("Host")
+        if len(given) > 1 or (given and not HOST_HEADER.fullmatch(given[0])) or (
+                not given and self.request.version != "HTTP/1.0"):
+            raise ApiError(400, "bad_host", "a request needs one Host header naming a host "
+                           "(and an optional port), as RFC 9112 section 3.2 requires")
         hosts = self.settings.get("calo_hosts")
-        if hosts is not None and self.request.host_name not in hosts:
+        if hosts is not None and (not given or self.request.host_name not in hosts):
             raise ApiError(421, "unknown_host", "this server does not answer to that Host name "
                            "(see --allowed-hosts)")
 

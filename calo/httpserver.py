@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 import resource
 import socket
@@ -46,6 +45,7 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
 from calo.clockwatch import Repeating
+from calo.errors import JSON_TYPE, SECURITY_HEADERS, error_json
 
 log = logging.getLogger("calo.http")
 
@@ -95,19 +95,25 @@ def connection_cap(requested: int | None, workers: int) -> int:
 
 
 def _canned_answer(status: int, reason: str, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_SECONDS}\r\n"
-        "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    """A whole JSON error answer, closing the connection, with the headers every answer
+    carries (calo.errors); a 503 says when to try again."""
+    body = error_json(code, message).encode()
+    headers = {"Content-Type": JSON_TYPE, "Content-Length": str(len(body)), **SECURITY_HEADERS,
+               "Cache-Control": "no-store", "Connection": "close"}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (head + "\r\n").encode() + body
 
 
 TOO_MANY_CONNECTIONS = _canned_answer(
     503, "Service Unavailable", "too_many_connections", "the server has as many connections as it serves; try again")
-SHUTTING_DOWN_BODY = json.dumps(
-    {"error": {"code": "shutting_down", "message": "the server is stopping; try again shortly"}}).encode()
+# What Tornado's HTTP/1 parser writes, and nothing else, when it refuses a request itself
+# (a malformed request line, header or chunk; a header value with a control character):
+TORNADO_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+MALFORMED_REQUEST = _canned_answer(
+    400, "Bad Request", "malformed_request", "the request is not well-formed HTTP/1.1 (RFC 9112)")
+SHUTTING_DOWN_BODY = error_json("shutting_down", "the server is stopping; try again shortly").encode()
 
 
 class GuardedHTTPServer(HTTPServer):
@@ -271,11 +277,17 @@ class GuardedHTTPServer(HTTPServer):
 
 class _CountedStream(IOStream):
     """An IOStream that tells the server when its socket is closed, however that happens
-    (an answer with `Connection: close`, a WebSocket's end, an error, a cut-off)."""
+    (an answer with `Connection: close`, a WebSocket's end, an error, a cut-off), and
+    answers Tornado's own refusals of malformed requests in JSON like every other error."""
 
     def __init__(self, server: GuardedHTTPServer, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._server = server
+
+    def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        if data == TORNADO_BARE_400:
+            data = MALFORMED_REQUEST  # Tornado closes the connection right after
+        return super().write(data, *args, **kwargs)
 
     def close_fd(self) -> None:
         super().close_fd()
@@ -324,7 +336,7 @@ class _Request(tornado.httputil.HTTPMessageDelegate):
 
     def _answer_shutting_down(self) -> None:
         headers = tornado.httputil.HTTPHeaders({
-            "Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(SHUTTING_DOWN_BODY)),
+            "Content-Type": JSON_TYPE, "Content-Length": str(len(SHUTTING_DOWN_BODY)),
             "Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store",
         })
         start_line = tornado.httputil.ResponseStartLine("HTTP/1.1", 503, "Service Unavailable")

@@ -270,7 +270,10 @@ class DemoSource:
 
     name = "demo"
 
-    def __init__(self, static_dir: str, rng: random.Random | None = None):
+    def __init__(self, static_dir: str, rng: random.Random | None = None, base_url: str = ""):
+        """`base_url`: where clients reach this server (http://host:port, no slash at the
+        end), so that a job's image URLs are absolute, as Unsplash's are; "" gives paths."""
+        self.base_url = base_url
         with open(os.path.join(static_dir, "demo", "manifest.json"), encoding="utf-8") as file:
             self._manifest = json.load(file)
         self._order: list[dict[str, Any]] = list(self._manifest)
@@ -293,9 +296,8 @@ class DemoSource:
         self._turn += 1
         return entry
 
-    @staticmethod
-    def _image(entry: dict[str, Any]) -> dict[str, Any]:
-        url = f"/static/demo/{entry['file']}"
+    def _image(self, entry: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base_url}/static/demo/{entry['file']}"
         return {
             "source": "demo", "url": url, "thumb_url": url,
             "width": entry.get("width"), "height": entry.get("height"),

@@ -66,9 +66,10 @@ def settings(request, fake_unsplash, data_dir) -> Settings:
 
 
 @pytest.fixture
-def calo_in_process(io_loop, settings) -> Iterator[tuple[Calo, tornado.web.Application]]:
-    """Calo Jobs started in the test's IOLoop, and its web application."""
-    service = Calo(settings)
+def calo_in_process(io_loop, settings, http_port) -> Iterator[tuple[Calo, tornado.web.Application]]:
+    """Calo Jobs started in the test's IOLoop, and its web application (served on
+    pytest-tornado's `http_port` when a test asks for `http_server`)."""
+    service = Calo(settings, base_url=f"http://localhost:{http_port}")
     app = io_loop.run_sync(service.start)
     yield service, app
     close_db(service)

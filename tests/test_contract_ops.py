@@ -8,10 +8,12 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.parse
 
+import pytest
 import requests
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from tests.helpers import ROOT, poll, run_server
+from calo.cli import listening_url
+from tests.helpers import ROOT, create_many, poll, run_server, settled_via_api
 from tests.http_raw import exchange
 
 TOKEN = "Tk-7d1e0c5b9a+/_~.LEAKCHECK=="
@@ -104,6 +107,37 @@ def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(server_process):
 def server_py(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "server.py", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=30, env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.mark.parametrize("public_url", [None, "https://jobs.example/calo/"])
+def test_demo_image_urls_are_absolute_and_served(server_process, public_url):
+    """A front end on another origin shows demo images: their URLs are absolute, from
+    --public-url when set (a proxy's prefix kept), else from the address the server listens on."""
+    flags = ("--public-url", public_url) if public_url else ()
+    server = server_process(*flags, env={"CALO_UNSPLASH_ACCESS_KEY": ""})
+    jobs = settled_via_api(server, create_many(server, 3, workers=3))
+    base = public_url.rstrip("/") if public_url else server.url
+    for job in jobs:
+        image = job["image"]
+        assert job["status"] == "resolved" and image["source"] == "demo"
+        assert job["result"] == image["url"] == image["thumb_url"]
+        assert image["url"].startswith(base + "/static/demo/"), image["url"]
+        path = image["url"][len(base):]
+        assert requests.get(server.url + path, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(("host", "url"), [
+    ("127.0.0.1", "http://127.0.0.1:8888"), ("::1", "http://[::1]:8888"), ("[::1]", "http://[::1]:8888"),
+    ("localhost", "http://localhost:8888"), ("jobs.internal", "http://jobs.internal:8888"),
+])
+def test_the_listening_url_names_the_address_clients_use(host, url):
+    assert listening_url(host, 8888) == url
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::", "", "[::]"])
+def test_a_wildcard_address_is_named_by_this_machine_s_name(wildcard):
+    name = socket.gethostname()
+    assert listening_url(wildcard, 80) == (f"http://[{name}]:80" if ":" in name else f"http://{name}:80")
 
 
 def test_help_shows_real_placeholders_and_defaults_and_version_exists():

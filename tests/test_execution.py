@@ -117,8 +117,9 @@ async def test_without_a_key_jobs_resolve_with_bundled_demo_images(
     [done] = await settled(calo, await create_jobs(calo, 1))
     image = done["image"]
     assert done["status"] == "resolved" and image["source"] == "demo" and set(image) == IMAGE_FIELDS
-    assert image["url"].startswith("/static/demo/") and image["alt"]
-    served = await http_client.fetch(base_url + image["url"])
+    assert image["url"].startswith(base_url + "/static/demo/") and image["alt"]  # absolute, as Unsplash's
+    assert done["result"] == image["url"] == image["thumb_url"]
+    served = await http_client.fetch(image["url"])
     assert served.code == 200 and b"<svg" in served.body
     assert fake_unsplash.photo_requests_count == 0
 

@@ -245,8 +245,9 @@ def test_idempotency_keys_that_cannot_be_stored_as_sent_are_refused_cleanly(serv
         response = requests.post(server.url + "/jobs", headers={"Idempotency-Key": raw}, timeout=10)
         assert response.status_code == 400, raw
         assert response.json()["error"]["code"] == "bad_idempotency_key", raw
-    for raw in (b"k\x00ey", b"k\x7fey"):  # Tornado's HTTP parser refuses these requests itself
+    for raw in (b"k\x00ey", b"k\x7fey", b"\x01", b"k\x1bey"):  # Tornado's HTTP parser refuses these itself
         response = requests.post(server.url + "/jobs", headers={"Idempotency-Key": raw}, timeout=10)
         assert response.status_code == 400, raw
+        assert response.json()["error"]["code"] == "malformed_request", raw
     assert server.post("/jobs", headers={"Idempotency-Key": "fine-key"}).status_code == 201
     assert server.get("/metrics").text.count("calo_jobs_created_total 1.0") == 1  # nothing else was stored

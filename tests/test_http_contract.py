@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from calo.access import answered_hosts
-from tests.http_raw import Answer, exchange
+from tests.http_raw import Answer, exchange, send_raw
 
 TOKEN = "tok-3f9a+/_~.SECRET=="
 AUTH = {b"Authorization": b"Bearer " + TOKEN.encode()}
@@ -44,7 +44,7 @@ BODIES = [
     b'{"\\ud800":1}', b'{"\\u0000":1}',
 ]
 HEADER_VALUES = [b"", b"\xff\xfe", b"x" * 4000, b"%00", b"\xc2\xb2", b"Bearer", b"Bearer ", b"Basic abc",
-                 b"Bearer " + b"\xff" * 10, b"a, b", b"\t"]
+                 b"Bearer " + b"\xff" * 10, b"a, b", b"\t", b"k\x00ey", b"k\x7fey", b"\x01", b"a\x1bb", b"\x00"]
 READ_HEADERS = [b"Idempotency-Key", b"Authorization", b"Content-Type", b"Origin", b"Sec-Fetch-Site",
                 b"X-Request-Id", b"Sec-WebSocket-Protocol", b"Sec-WebSocket-Version", b"Sec-WebSocket-Key",
                 b"If-None-Match", b"Range", b"If-Modified-Since"]
@@ -115,6 +115,60 @@ def test_hostile_bodies_and_headers_answer_json_4xx(server):
                 headers = {**JSON_POST, name: value} if name != b"Authorization" else {name: value}
                 assert_contract(exchange(port, method, target, headers), (name, value[:20], target))
     assert_clean_log(server.lines)
+
+
+MALFORMED = [  # requests Tornado's HTTP/1 parser refuses before any handler runs
+    b"GET /jobs HTTP/1.1\r\nHost: {host}\r\nIdempotency-Key: k\x00ey\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nX-Note: a\x7fb\r\nContent-Length: 0\r\n\r\n",
+    b"GET /jobs HTTP/1.1\r\nHost: {host}\r\nNoColonHere\r\n\r\n",
+    b"GET /jobs HTTP/1.1\r\nHost: {host}\r\nBad Name: x\r\n\r\n",
+    b"GET /jobs HTTP/1.1 extra\r\nHost: {host}\r\n\r\n",
+    b"GET\r\nHost: {host}\r\n\r\n",
+    b"GET /jobs HTTP/7.0\r\nHost: {host}\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Length: abc\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Length: -1\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\n{{}}\r\n0\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\n{{}}\r\n0\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"POST /jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\n{{}}\r\n0\r\n\r\n",  # a chunk shorter than its size
+]
+
+
+def test_requests_the_http_parser_refuses_itself_answer_json_400(server):
+    """Tornado answers these with a bare `400` and no body; ours is the JSON error every
+    other refusal is, with the same security headers."""
+    port = int(server.url.rsplit(":", 1)[1])
+    for raw in MALFORMED:
+        host = f"127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}".encode()
+        answer = send_raw(port, raw.replace(b"{host}", host).replace(b"{{}}", b"{}"))
+        assert answer.status == 400 and answer.is_json, (raw, answer)
+        assert answer.json()["error"]["code"] == "malformed_request", (raw, answer)
+        assert answer.headers["x-content-type-options"] == "nosniff" and "server" not in answer.headers
+    assert server.get("/healthz").status_code == 200
+    assert_clean_log(server.lines)
+
+
+def test_a_missing_empty_repeated_or_malformed_host_is_400(server_process, tmp_path):
+    """RFC 9112 3.2: one Host header naming a host. Tornado alone would read a missing or
+    empty one as 127.0.0.1, a loopback name that passes the DNS-rebinding check."""
+    checked = server_process()
+    anyone = server_process("--allowed-hosts", "*", "--data-dir", str(tmp_path / "second"))
+    for server in (checked, anyone):
+        port = int(server.url.rsplit(":", 1)[1])
+        for head in (b"", b"Host: \r\n", b"Host: localhost\r\nHost: localhost\r\n", b"Host: local host\r\n",
+                     b"Host: localhost:abc\r\n", b"Host: localhost:1:2\r\n", b"Host: [::1\r\n",
+                     b"Host: user@localhost\r\n", b"Host: localhost/x\r\n", b"Host: localhost:999999\r\n"):
+            for target in (b"/jobs", b"/", b"/ws", b"/static/style.css", b"/healthz"):
+                answer = send_raw(port, b"GET " + target + b" HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
+                assert answer.status == 400 and answer.json()["error"]["code"] in ("bad_host", "malformed_request"), (
+                    head, target, answer)
+        old = send_raw(port, b"GET /jobs HTTP/1.0\r\n\r\n")  # HTTP/1.0 may leave Host out
+        assert old.status == (421 if server is checked else 200), old
+    assert checked.get("/jobs").json() == []
 
 
 def test_a_body_that_names_fields_is_refused_naming_them(server):

@@ -137,6 +137,8 @@ def _url(text: str) -> str:
     return text.rstrip("/")
 
 
+DEFAULT_CLIENT_TIMEOUT = 30.0  # seconds; also calo.httpserver's default
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "--host", ("CALO_HOST",), _text, "127.0.0.1", "address to listen on"),
     Setting("port", "--port", ("CALO_PORT",), _port, 8888, "TCP port to listen on (0: any free port)"),
@@ -178,7 +180,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("write_timeout", "--write-timeout", ("CALO_WRITE_TIMEOUT",), _seconds, 5.0,
             "seconds a request waits for its write to commit before it is answered 503 "
             "(commit_unknown: retry with the same Idempotency-Key)"),
-    Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _seconds, 30.0,
+    Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _seconds, DEFAULT_CLIENT_TIMEOUT,
             "seconds a client may take to send a whole request (headers and body), or keep an idle connection"),
     Setting("shutdown_grace", "--shutdown-grace", ("CALO_SHUTDOWN_GRACE",), _seconds, 10.0,
             "seconds in-flight Unsplash calls may finish in after SIGTERM/SIGINT"),

@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
@@ -134,7 +135,7 @@ class JsonExporter:
         self._owed = not self._storage.runs_upkeep
         if self._owed:
             return  # another server sharing the database writes the export now
-        started, ok = now_ms(), False
+        started, started_monotonic, ok = now_ms(), time.monotonic(), False
         try:
             self.export(reader)
             ok = True
@@ -142,7 +143,8 @@ class JsonExporter:
             log.error("JSON export to %s failed: %s", self.path, exc)
         except Exception:  # e.g. a row SQLite cannot decode: never the end of exporting
             log.exception("JSON export to %s failed", self.path)
-        self.last_run_at, self.last_duration, self.last_ok = started, (now_ms() - started) / 1000, ok
+        # The duration on the monotonic clock: a wall-clock step must not pace the next export.
+        self.last_run_at, self.last_duration, self.last_ok = started, time.monotonic() - started_monotonic, ok
         if not ok:
             self._changed.set()  # the file is stale: try again after the pause
 

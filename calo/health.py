@@ -41,7 +41,7 @@ import tornado.web
 from calo.clock import iso_utc
 from calo.clockwatch import Repeating
 from calo.errors import JSON_TYPE, JsonErrors
-from calo.jobs import FAILED, PENDING, RESOLVED
+from calo.jobs import STATUSES
 from calo.storage.base import StoreError
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class Health:
     def status_line(self) -> str:
         """One line for systemd's STATUS=."""
         counts = self.counts
-        jobs = " ".join(f"{status}={counts.get(status, 0)}" for status in (PENDING, RESOLVED, FAILED))
+        jobs = " ".join(f"{status}={counts.get(status, 0)}" for status in STATUSES)
         return f"{jobs} upstream={self.upstream()['state']}"
 
 

@@ -45,12 +45,12 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream
 
 from calo.clockwatch import Repeating
+from calo.config import DEFAULT_CLIENT_TIMEOUT
 from calo.errors import JSON_TYPE, SECURITY_HEADERS, error_json
 
 log = logging.getLogger("calo.http")
 
 SWEEP_EVERY_MS = 1000
-DEFAULT_REQUEST_TIMEOUT = 30.0  # seconds; `--client-timeout` sets it (calo/config.py)
 DEFAULT_MAX_CONNECTIONS = 1000
 # Descriptors kept for everything but client connections: stdio, the listening sockets,
 # epoll and its wake-up pipe, SQLite's files for two readers, the writer's pipes, the
@@ -121,7 +121,7 @@ class GuardedHTTPServer(HTTPServer):
     descriptor exhaustion, and a drain for shutdown (see the module docstring)."""
 
     def initialize(
-        self, *args: Any, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        self, *args: Any, request_timeout: float = DEFAULT_CLIENT_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any,
     ) -> None:
         super().initialize(*args, **kwargs)

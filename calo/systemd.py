@@ -5,7 +5,7 @@ Owns the datagrams Calo Jobs sends its service manager (deploy/calo.service):
 - `WATCHDOG=1` every half `WATCHDOG_USEC`, from a monotonic IOLoop timer: a wedged
   IOLoop sends none, and systemd restarts the process. None is sent either while the
   health check finds the scheduler stuck (`Health.scheduler_ok`), for the same reason;
-- `STATUS=pending=.. resolved=.. failed=.. upstream=..` (shown by `systemctl status`),
+- `STATUS=pending=.. resolved=.. failed=.. cancelled=.. upstream=..` (shown by `systemctl status`),
   sent again when it changed, checked every 5 s and with each watchdog ping;
 - `STOPPING=1` when shutdown begins.
 The protocol: one AF_UNIX datagram per message to the socket named by `NOTIFY_SOCKET`, a

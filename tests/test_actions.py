@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.websocket import websocket_connect
 
 from calo import api
+from calo.scheduler import DueHeap, DueLine
 from tests.helpers import (
     assert_error,
     body,
@@ -113,6 +114,29 @@ async def test_cancel_while_the_photo_is_being_recorded_is_409_resolving(http_se
     finally:
         os.kill(writer_pid(os.getpid()), signal.SIGCONT)
     await wait_until(lambda: db(calo).count_by_status().get("resolved") == 1)
+
+
+def test_the_schedule_withdraws_any_job_in_constant_time_and_keeps_its_order():
+    """Cancelling takes a job out of the heap or the due line without a search; entries left
+    behind are skipped, a job pushed again keeps only its newest due time."""
+    heap = DueHeap([(30, "c"), (10, "a"), (20, "b"), (10, "a")])
+    assert len(heap) == 3 and heap.earliest() == 10
+    assert heap.remove("a") == 10 and heap.remove("a") is None and heap.earliest() == 20
+    heap.push(5, "b")  # rescheduled earlier: the old entry at 20 is dead
+    heap.push(40, "d")
+    assert heap.pop_due(30) == [(5, "b"), (30, "c")] and len(heap) == 1 and sorted(heap) == [(40, "d")]
+    many = DueHeap((number, f"j{number}") for number in range(1000))
+    for number in range(0, 1000, 2):
+        assert many.remove(f"j{number}") == number
+    for number in range(501, 1000, 2):
+        many.remove(f"j{number}")
+    assert len(many) == 250 and [job for _, job in many.pop_due(9)] == ["j1", "j3", "j5", "j7", "j9"]
+    assert many.earliest() == 11 and len(many._heap) <= 2 * 245 + 64  # dead entries do not pile up
+    line = DueLine()
+    line.extend([(1, "x"), (2, "y"), (3, "z")])
+    line.append(4, "w")
+    assert line.remove("y") == 2 and line.remove("y") is None and len(line) == 3
+    assert [line.popleft(), line.popleft()] == [(1, "x"), (3, "z")] and list(line) == [(4, "w")]
 
 
 def test_a_cancelled_job_stays_cancelled_across_a_restart_and_in_the_export(server_process, data_dir):

@@ -85,11 +85,11 @@ def test_ready_status_watchdog_and_stopping_reach_systemd(server_process, notify
     server = server_process(env={**notify_socket.env, "WATCHDOG_USEC": WATCHDOG_USEC})
     ready = notify_socket.next_message()
     assert ready["READY"] == "1"
-    assert ready["STATUS"] == "pending=0 resolved=0 failed=0 upstream=ok"
+    assert ready["STATUS"] == "pending=0 resolved=0 failed=0 cancelled=0 upstream=ok"
     assert server.get("/healthz").status_code == 200  # READY=1 came after the port listened
     notify_socket.wait_for("WATCHDOG")
     server.post("/jobs")
-    notify_socket.wait_for("STATUS", "pending=0 resolved=1 failed=0 upstream=ok")
+    notify_socket.wait_for("STATUS", "pending=0 resolved=1 failed=0 cancelled=0 upstream=ok")
     assert server.terminate() == 0
     assert notify_socket.wait_for("STOPPING")["STOPPING"] == "1"
 

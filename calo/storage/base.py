@@ -123,6 +123,23 @@ class DeletedBatch(NamedTuple):
     done: bool  # reached jobs created after the cutoff: nothing older is left to look at
 
 
+def jobs_page_query(status: str | None, limit: int, before: int | None,
+                    placeholder: str) -> tuple[str, tuple[str | int, ...]]:
+    """The SELECT of up to `limit` (num, doc) rows, newest first, of `status` if given and
+    with num < `before` if given, and its parameters, written with the driver's
+    `placeholder` ("?" for sqlite3, "%s" for psycopg). Both backends page alike."""
+    where: list[str] = []
+    params: list[str | int] = []
+    if status is not None:
+        where.append(f"status = {placeholder}")
+        params.append(status)
+    if before is not None:
+        where.append(f"num < {placeholder}")
+        params.append(before)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    return f"SELECT num, doc FROM jobs {clause}ORDER BY num DESC LIMIT {placeholder}", (*params, limit)
+
+
 # -- the interface -------------------------------------------------------------------------
 
 OnEvents = Callable[[list[Event]], None]

@@ -56,6 +56,7 @@ from calo.storage.base import (
     Storage,
     StoredActivity,
     StoreError,
+    jobs_page_query,
 )
 from calo.storage.postgres_log import LogFollower
 from calo.storage.postgres_schema import UPKEEP_LOCK, migrate
@@ -356,16 +357,7 @@ class PostgresStorage(Storage):
         return (row[0], row[1]) if row else None
 
     async def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
-        where: list[str] = []
-        params: list[object] = []
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if before is not None:
-            where.append("num < %s")
-            params.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._read_all(f"SELECT num, doc FROM jobs {clause} ORDER BY num DESC LIMIT %s", (*params, limit))
+        rows = await self._read_all(*jobs_page_query(status, limit, before, "%s"))
         return [(num, doc) for num, doc in rows]
 
     async def jobs_to_schedule(self) -> list[tuple[int, str]]:

@@ -51,6 +51,7 @@ from calo.storage.base import (
     StoredActivity,
     StoreError,
     WrongStatus,
+    jobs_page_query,
 )
 
 DB_FILE = "calo.db"
@@ -287,17 +288,7 @@ class Reader:
 
     def jobs_page(self, status: str | None, limit: int, before: int | None) -> list[tuple[int, str]]:
         """Up to `limit` (num, doc) pairs, newest first, with num < `before` if given."""
-        where: list[str] = []
-        params: list[str | int] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if before is not None:
-            where.append("num < ?")
-            params.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT num, doc FROM jobs {clause} ORDER BY num DESC LIMIT ?"
-        rows: list[tuple[int, str]] = self._conn.execute(sql, (*params, limit)).fetchall()
+        rows: list[tuple[int, str]] = self._conn.execute(*jobs_page_query(status, limit, before, "?")).fetchall()
         return rows
 
     def pending_due(self) -> list[tuple[int, str]]:
@@ -677,19 +668,51 @@ class WriteRequests:
         return self._request("checkpoint", ())
 
 
-# name -> (write function, bare: runs after the group's transaction, the new job if the
-# group may insert it together with others). Names and arguments cross a process boundary.
-_OPERATIONS: dict[str, Callable[..., tuple[WriteFn, bool, Job | None]]] = {
-    "create_job": lambda job, key: (_create_job(job, key), False, job if key is None else None),
-    "apply_outcomes": lambda outcomes: (_apply_outcomes(outcomes), False, None),
-    "retry_job": lambda job_id, at: (_retry_job(job_id, at), False, None),
-    "cancel_job": lambda job_id, at: (_cancel_job(job_id, at), False, None),
-    "retry_failed": lambda *args: (_retry_failed(*args), False, None),
-    "prune_events": lambda older_than_ms: (_prune_events(older_than_ms), False, None),
-    "ping": lambda at: (_write_check(at), False, None),
-    "delete_settled_jobs": lambda *args: (_delete_settled_jobs(*args), False, None),
-    "checkpoint": lambda: (_checkpoint, True, None),
-}
+class _Plans:
+    """The writer thread's side of each `WriteRequests` method, under the same name (the
+    name and the arguments are what cross the pipe from the server): the `_Op` that runs
+    it in the next group."""
+
+    @staticmethod
+    def create_job(tag: object, job: Job, key: str | None) -> _Op:
+        """A create without a key is inserted together with the group's others."""
+        return _Op(tag, _create_job(job, key), new_job=job if key is None else None)
+
+    @staticmethod
+    def apply_outcomes(tag: object, outcomes: list[Outcome]) -> _Op:
+        return _Op(tag, _apply_outcomes(outcomes))
+
+    @staticmethod
+    def retry_job(tag: object, job_id: str, at: int) -> _Op:
+        return _Op(tag, _retry_job(job_id, at))
+
+    @staticmethod
+    def cancel_job(tag: object, job_id: str, at: int) -> _Op:
+        return _Op(tag, _cancel_job(job_id, at))
+
+    @staticmethod
+    def retry_failed(tag: object, after_num: int, limit: int, at: int) -> _Op:
+        return _Op(tag, _retry_failed(after_num, limit, at))
+
+    @staticmethod
+    def prune_events(tag: object, older_than_ms: int) -> _Op:
+        return _Op(tag, _prune_events(older_than_ms))
+
+    @staticmethod
+    def ping(tag: object, at: int) -> _Op:
+        return _Op(tag, _write_check(at))
+
+    @staticmethod
+    def delete_settled_jobs(tag: object, cutoff_ms: int, after_num: int, limit: int) -> _Op:
+        return _Op(tag, _delete_settled_jobs(cutoff_ms, after_num, limit))
+
+    @staticmethod
+    def checkpoint(tag: object) -> _Op:
+        """Bare: SQLite refuses a checkpoint inside the group's transaction."""
+        return _Op(tag, _checkpoint, bare=True)
+
+
+WRITES = frozenset(name for name in vars(WriteRequests) if not name.startswith("_"))  # what may cross the pipe
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
@@ -705,7 +728,7 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 class Writer:
     """The one write connection, on its own thread, committing requests in groups.
 
-    `submit(tag, name, args)` queues the operation `name` (see `_OPERATIONS`) from any
+    `submit(tag, name, args)` queues the `WriteRequests` method `name` (see `_Plans`) from any
     thread. After each group, on the writer thread, `on_group(completions, events)` gets
     every operation's (tag, result, error) and the events the commit appended. Each group
     is a unit of failure: one failing operation is undone alone (savepoints), a failing
@@ -735,9 +758,12 @@ class Writer:
         self._ready.result()
 
     def submit(self, tag: object, name: str, args: tuple[Any, ...]) -> None:
-        """Queue one operation. Safe from any thread."""
-        fn, bare, new_job = _OPERATIONS[name](*args)
-        self._queue.put(_Op(tag, fn, bare, new_job))
+        """Queue one operation. Safe from any thread. Raises StoreError for a name that is
+        no `WriteRequests` method."""
+        if name not in WRITES:
+            raise StoreError(f"no such write: {name!r}")
+        plan: Callable[..., _Op] = getattr(_Plans, name)
+        self._queue.put(plan(tag, *args))
 
     def stop(self) -> None:
         """Commit what was submitted, checkpoint and truncate the WAL (so that `calo.db`

@@ -40,6 +40,7 @@ setup(
             "pytest>=8,<10",  # pytest-tornado (2020) works with pytest 9; keep it below 10
             "pytest-tornado>=0.8.1",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5,<4",  # the suite runs on 4 workers: most of its time is spent waiting
             "schemathesis>=4.0,<5",  # property-based requests from the OpenAPI document
             "hypothesis>=6.100",
             "jsonschema>=4.18",

@@ -329,7 +329,11 @@ class JobEventsHandler(ApiHandler):
 class StatsHandler(ApiHandler):
     """GET /stats: job counts, the last hour's activity per minute, the upstream's state."""
 
-    def initialize(self, service: JobService, access: AccessPolicy, report: StatsReport) -> None:  # type: ignore[override]
+    def initialize(self, service: JobService, access: AccessPolicy, report: StatsReport | None = None) -> None:
+        """`report` is required; it has a default only because this signature must accept
+        every call ApiHandler's does."""
+        if report is None:
+            raise TypeError("StatsHandler needs its StatsReport (report=)")
         super().initialize(service, access)
         self.report = report
 

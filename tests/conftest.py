@@ -66,10 +66,13 @@ def settings(request, fake_unsplash, data_dir) -> Settings:
 
 
 @pytest.fixture
-def calo_in_process(io_loop, settings, http_port) -> Iterator[tuple[Calo, tornado.web.Application]]:
-    """Calo Jobs started in the test's IOLoop, and its web application (served on
-    pytest-tornado's `http_port` when a test asks for `http_server`)."""
-    service = Calo(settings, base_url=f"http://localhost:{http_port}")
+def calo_in_process(request, io_loop, settings) -> Iterator[tuple[Calo, tornado.web.Application]]:
+    """Calo Jobs started in the test's IOLoop, and its web application. When the test
+    serves it (`http_server`), demo image URLs name that server's port; `http_port` is
+    asked for only then, since its socket is closed only by `http_server`."""
+    serving = "http_server" in request.fixturenames
+    base_url = f"http://localhost:{request.getfixturevalue('http_port')}" if serving else None
+    service = Calo(settings, base_url=base_url)
     app = io_loop.run_sync(service.start)
     yield service, app
     close_db(service)

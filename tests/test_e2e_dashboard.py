@@ -226,12 +226,17 @@ def test_reconnecting_is_a_banner_after_a_few_seconds(server_process, page):
 
 def test_a_server_that_goes_silent_shows_as_reconnecting_within_half_a_minute(server_process, page):
     """SIGSTOP: the TCP connection stays open and says nothing, so only the page's own
-    heartbeat (a ping every 20 s, 10 s for an answer) can notice."""
+    heartbeat (a ping every 20 s, 10 s for an answer) can notice. The page's clock is run
+    forward through those 30 s rather than waited for."""
     server = server_process(*SHORT)
+    page.clock.install()
     open_dashboard(page, server)
     os.kill(server.pid, signal.SIGSTOP)
     try:
-        expect(page.get_by_test_id("connection-state")).to_have_text("reconnecting", timeout=40_000)
+        page.clock.run_for(19_000)
+        expect(page.get_by_test_id("connection-state")).to_have_text("live")  # no ping due yet
+        page.clock.run_for(12_000)  # the ping at 20 s, unanswered at 30 s
+        expect(page.get_by_test_id("connection-state")).to_have_text("reconnecting", timeout=WAIT_MS)
         expect(page.get_by_test_id("reconnecting-banner")).to_be_visible(timeout=WAIT_MS)
     finally:
         os.kill(server.pid, signal.SIGCONT)
@@ -418,6 +423,7 @@ def test_the_timeline_shows_each_failed_try_and_the_wait_for_the_rate_limit(serv
 
 def test_not_now_leaves_a_banner_that_asks_again_and_no_prompt_on_every_401(server_process, page):
     server = server_process(*SHORT, "--private", env={"CALO_API_TOKEN": TOKEN})
+    page.clock.install()  # the page's timers, run forward below instead of waited for
     page.goto(server.url + "/")
     dialog = page.get_by_test_id("token-dialog")
     expect(dialog).to_be_visible(timeout=WAIT_MS)
@@ -425,6 +431,7 @@ def test_not_now_leaves_a_banner_that_asks_again_and_no_prompt_on_every_401(serv
     expect(dialog).to_be_hidden()
     banner = page.get_by_test_id("auth-banner")
     expect(banner).to_be_visible()
+    page.clock.run_for(10_000)  # past the 3 s after which "reconnecting" would become a banner
     expect(page.get_by_test_id("reconnecting-banner")).to_be_hidden()  # the token banner says why
     page.get_by_test_id("create-job").click()  # refused (401), queued, and no second prompt
     expect(page.get_by_test_id("queued-item")).to_have_count(1, timeout=WAIT_MS)

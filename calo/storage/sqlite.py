@@ -140,8 +140,12 @@ class SqliteStorage(Storage):
         future: asyncio.Future[StoredActivity] = loop.create_future()
 
         def settle(result: StoredActivity | None, error: BaseException | None) -> None:
-            if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(result)  # type: ignore[arg-type]
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            elif result is not None:
+                future.set_result(result)
 
         def read() -> None:
             result, error = None, None

@@ -149,7 +149,9 @@ class WriterProcess(WriteRequests):
         requests_in, self._requests_fd = os.pipe()
         self._results_fd, results_out = os.pipe()
         child_ends = (requests_in, results_out)
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The directory holding the `calo` package this server runs (calo/storage/ is two
+        # levels down), so that the child runs the same code, installed or not.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "calo.storage.sqlite_writer", self._path, *map(str, child_ends), str(os.getpid())],

@@ -42,7 +42,7 @@ from typing import Any
 import tornado.httputil
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, UnsatisfiableReadError
 
 from calo.clockwatch import Repeating
 from calo.config import DEFAULT_CLIENT_TIMEOUT
@@ -113,7 +113,26 @@ TOO_MANY_CONNECTIONS = _canned_answer(
 TORNADO_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 MALFORMED_REQUEST = _canned_answer(
     400, "Bad Request", "malformed_request", "the request is not well-formed HTTP/1.1 (RFC 9112)")
+# Where Tornado gives up without a word (a request line or headers past max_header_size,
+# 64 KiB; a chunk-size line past 64 bytes): the stream closes on UnsatisfiableReadError.
+REQUEST_TOO_LARGE = _canned_answer(
+    431, "Request Header Fields Too Large", "request_too_large",
+    "the request line and headers may take 64 KiB at most (and a chunk-size line 64 bytes)")
+UNREAD_DRAINED = 1 << 20  # bytes of an oversized request read before closing (so: FIN, not RST)
 SHUTTING_DOWN_BODY = error_json("shutting_down", "the server is stopping; try again shortly").encode()
+
+
+def _answer_before_closing(sock: socket.socket, answer: bytes) -> None:
+    """Send a canned answer on a non-blocking socket that is about to be closed, then read
+    what the client already sent (up to UNREAD_DRAINED bytes), so that closing sends a FIN
+    rather than a reset that could overtake the answer. Best effort, never raises."""
+    try:
+        sock.send(answer)
+        drained = 0
+        while drained < UNREAD_DRAINED and (chunk := sock.recv(65536)):
+            drained += len(chunk)
+    except OSError:
+        pass  # nothing more to read yet (EAGAIN), a full buffer, or a peer already gone
 
 
 class GuardedHTTPServer(HTTPServer):
@@ -206,14 +225,9 @@ class GuardedHTTPServer(HTTPServer):
         self.refused_connections += 1
         log.warning("connection refused: %d connections open, the most --max-connections allows",
                     self.open_connections)
-        try:
-            connection.setblocking(False)
-            connection.send(TOO_MANY_CONNECTIONS)
-            connection.recv(65536)
-        except OSError:
-            pass  # a full buffer or a peer already gone: closing is the answer then
-        finally:
-            connection.close()
+        connection.setblocking(False)
+        _answer_before_closing(connection, TOO_MANY_CONNECTIONS)
+        connection.close()
 
     def _serve(self, connection: socket.socket, address: Any) -> None:
         self.open_connections += 1
@@ -288,6 +302,15 @@ class _CountedStream(IOStream):
         if data == TORNADO_BARE_400:
             data = MALFORMED_REQUEST  # Tornado closes the connection right after
         return super().write(data, *args, **kwargs)
+
+    def close(self, exc_info: Any = False) -> None:
+        if isinstance(exc_info, UnsatisfiableReadError) and not self.closed():
+            self._answer_too_large()
+        super().close(exc_info)
+
+    def _answer_too_large(self) -> None:
+        """431, straight to the socket: the stream is closing."""
+        _answer_before_closing(self.socket, REQUEST_TOO_LARGE)
 
     def close_fd(self) -> None:
         super().close_fd()

@@ -152,6 +152,24 @@ def test_requests_the_http_parser_refuses_itself_answer_json_400(server):
     assert_clean_log(server.lines)
 
 
+def test_a_request_line_or_headers_past_64_kib_answer_json_431(server):
+    """Tornado closes such a connection without a word; a client (a browser with a huge
+    cookie) deserves to know why."""
+    port = int(server.url.rsplit(":", 1)[1])
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    chunked = b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer " + TOKEN.encode()
+    for raw in (
+        b"GET /jobs HTTP/1.1\r\n" + host + b"Cookie: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"GET /jobs?" + b"q" * 70_000 + b" HTTP/1.1\r\n" + host + b"\r\n",
+        b"GET / HTTP/1.1\r\n" + host + b"".join(b"X-H%d: %s\r\n" % (n, b"v" * 1000) for n in range(80)) + b"\r\n",
+        b"POST /jobs HTTP/1.1\r\n" + host + chunked + b"\r\n\r\n" + b"0" * 100 + b"2\r\n{}\r\n0\r\n\r\n",
+    ):
+        answer = send_raw(port, raw)
+        assert answer.status == 431 and answer.json()["error"]["code"] == "request_too_large", (raw[:40], answer)
+    assert server.get("/healthz").status_code == 200
+    assert_clean_log(server.lines)
+
+
 def test_a_missing_empty_repeated_or_malformed_host_is_400(server_process, tmp_path):
     """RFC 9112 3.2: one Host header naming a host. Tornado alone would read a missing or
     empty one as 127.0.0.1, a loopback name that passes the DNS-rebinding check."""

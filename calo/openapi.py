@@ -137,12 +137,15 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {400: "bad parameter, body or header", 401: "the API token is required",
+    reasons = {400: "bad parameter, body or header; a malformed request or Host", 401: "the API token is required",
                403: "a page from a foreign origin may not change jobs", 404: "no such job",
                409: "the job's status does not allow this", 413: "body over 64 KiB",
                415: "a body that is not JSON", 421: "a Host name this server does not answer to",
+               431: "a request line and headers over 64 KiB",
                503: "too many pending jobs, or storage unavailable; see Retry-After"}
-    return {str(status): _json(_ref("Error"), reasons[status]) for status in (*statuses, 421)}
+    # Any operation may meet a malformed request or Host (400), a foreign Host, oversized headers.
+    every = dict.fromkeys((*statuses, 400, 421, 431))
+    return {str(status): _json(_ref("Error"), reasons[status]) for status in sorted(every)}
 
 
 # POSTs take no fields: an empty body or {} (anything else is a 400 naming the fields).

@@ -81,8 +81,9 @@ class AccessPolicy:
         """Is the bearer token the right one? From the Authorization header, else (for the
         WebSocket) `other`: the subprotocol's or the query's token."""
         given = other
-        if authorization and authorization.startswith("Bearer "):
-            given = authorization[len("Bearer "):]
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer":  # auth schemes are case-insensitive (RFC 9110 11.1)
+            given = credentials.lstrip(" ")
         if self.token is None:
             return True
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())

@@ -87,24 +87,24 @@ class ApiHandler(JsonErrors, tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         self.check_request()  # before the token: DELETE /jobs is a 405, not a 401
+        declared = self._declared_length()
+        if declared > MAX_BODY_BYTES:  # refused before a byte of it is read, whatever the method
+            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         if self.request.method == "POST":
-            self._check_post()
+            self._check_post(declared)
         if self.access.needs_token(self.request.method) and not self.access.token_ok(
             self.request.headers.get("Authorization")
         ):
             raise ApiError(401, "unauthorized", "this needs 'Authorization: Bearer <token>'",
                            {"WWW-Authenticate": 'Bearer realm="calo"'})
 
-    def _check_post(self) -> None:
+    def _check_post(self, declared: int) -> None:
         """A POST from a page on another origin is refused (a plain HTML form can send
         one), and so is a body the API does not read: a body must be JSON (415); an empty
         one may come with any Content-Type (HTTP clients add a form type by default)."""
         if self._check_cross_origin(self.access.origin_allowed) is not None:
             raise ApiError(403, "cross_origin_refused", "a page from another origin may not change jobs "
                            "(see --allowed-origins)")
-        declared = self._declared_length()
-        if declared > MAX_BODY_BYTES:  # refused before a byte of it is read
-            raise ApiError(413, "body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         content_type = self.request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         has_body = declared > 0 or "Transfer-Encoding" in self.request.headers
         if has_body and content_type != "application/json":
@@ -224,7 +224,10 @@ class JobsHandler(ApiHandler):
 
     async def post(self) -> None:
         self.check_no_fields()
-        key = self.request.headers.get("Idempotency-Key")
+        keys = self.request.headers.get_list("Idempotency-Key")
+        if len(keys) > 1:  # Tornado would join them into one "k1,k2"
+            raise ApiError(400, "bad_idempotency_key", "send one Idempotency-Key header, not several")
+        key = keys[0] if keys else None
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 visible ASCII characters")
         try:

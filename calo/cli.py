@@ -31,8 +31,10 @@ from calo.storage.base import StoreError
 from calo.storage.sqlite_store import Database
 from calo.systemd import SystemdLink
 
-MAX_BODY_BYTES = 1 << 20  # the API refuses bodies over 64 KiB with a 413; past this, the
-# connection is closed before the body is read
+# The most of a body Tornado buffers for a route that does not stream it (every route but
+# the API, which refuses bodies over 64 KiB with a 413 before reading them): a GET with a
+# body costs at most this much memory per connection. Past it, Tornado refuses the request.
+MAX_BODY_BYTES = 128 << 10
 
 log = logging.getLogger("calo")
 

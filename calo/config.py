@@ -57,6 +57,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+MIN_INTERVAL = 0.1  # seconds; a timeout or lease below this would make a timer spin
+
+
+def _interval(text: str) -> float:
+    """Seconds for a timeout or a lease, which set how often a timer runs: 0.1 or more."""
+    value = _seconds(text)
+    if value < MIN_INTERVAL:
+        raise ValueError(f"must be {MIN_INTERVAL} seconds or more")
+    return value
+
+
 def _optional_count(text: str) -> int | None:
     return _positive_int(text) if text else None
 
@@ -147,7 +158,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", "--database-url", ("CALO_DATABASE_URL",), _database_url, None,
             "postgresql://user@host:port/dbname: keep jobs in PostgreSQL, shared by every server started "
             "with the same URL (needs the [postgres] extra); unset: SQLite in --data-dir"),
-    Setting("instance_lease", "--instance-lease", ("CALO_INSTANCE_LEASE",), _seconds, 10.0,
+    Setting("instance_lease", "--instance-lease", ("CALO_INSTANCE_LEASE",), _interval, 10.0,
             "with PostgreSQL: seconds after its last heartbeat that a server counts as gone "
             "and another takes over its pending jobs"),
     Setting("database_pool_size", "--database-pool-size", ("CALO_DATABASE_POOL_SIZE",), _positive_int, 4,
@@ -168,7 +179,7 @@ SETTINGS: tuple[Setting, ...] = (
             "upstream tries per job before it fails (timeouts, refused connections, 5xx)"),
     Setting("retry_window", "--retry-window", ("CALO_RETRY_WINDOW",), _seconds, 600.0,
             "seconds after a job is due during which failed fetches are retried"),
-    Setting("unsplash_timeout", "--unsplash-timeout", ("CALO_UNSPLASH_TIMEOUT",), _seconds, 10.0,
+    Setting("unsplash_timeout", "--unsplash-timeout", ("CALO_UNSPLASH_TIMEOUT",), _interval, 10.0,
             "seconds one whole Unsplash call may take (connect, headers and body); a slower one is cut off"),
     Setting("rate_limit_pause", "--rate-limit-pause", ("CALO_RATE_LIMIT_PAUSE",), _seconds, 3600.0,
             "seconds all Unsplash calls pause once the request budget is spent"),
@@ -177,10 +188,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_connections", "--max-connections", ("CALO_MAX_CONNECTIONS",), _optional_count, None,
             "open connections at most (HTTP and WebSocket); past it a new one gets a 503 and is closed. "
             "Unset: as many as the file-descriptor limit allows, at most 1000; checked against it at start"),
-    Setting("write_timeout", "--write-timeout", ("CALO_WRITE_TIMEOUT",), _seconds, 5.0,
+    Setting("write_timeout", "--write-timeout", ("CALO_WRITE_TIMEOUT",), _interval, 5.0,
             "seconds a request waits for its write to commit before it is answered 503 "
             "(commit_unknown: retry with the same Idempotency-Key)"),
-    Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _seconds, DEFAULT_CLIENT_TIMEOUT,
+    Setting("client_timeout", "--client-timeout", ("CALO_CLIENT_TIMEOUT",), _interval, DEFAULT_CLIENT_TIMEOUT,
             "seconds a client may take to send a whole request (headers and body), or keep an idle connection"),
     Setting("shutdown_grace", "--shutdown-grace", ("CALO_SHUTDOWN_GRACE",), _seconds, 10.0,
             "seconds in-flight Unsplash calls may finish in after SIGTERM/SIGINT"),
@@ -278,8 +289,8 @@ def _metavar(setting: Setting) -> str:
     """What `--help` shows a flag takes: HOST, PORT, SECONDS, ..."""
     by_name = {"host": "ADDRESS", "data_dir": "DIR", "import_json": "FILE", "database_url": "URL"}
     by_parse: dict[Callable[[str], Any], str] = {
-        _port: "PORT", _positive_int: "N", _seconds: "SECONDS", _optional_days: "DAYS", _origins: "ORIGINS",
-        _hosts: "HOSTS", _public_url: "URL", _url: "URL", _flag: "BOOL",
+        _port: "PORT", _positive_int: "N", _seconds: "SECONDS", _interval: "SECONDS", _optional_days: "DAYS",
+        _origins: "ORIGINS", _hosts: "HOSTS", _public_url: "URL", _url: "URL", _flag: "BOOL",
     }
     return by_name.get(setting.name) or by_parse.get(setting.parse, "TEXT")
 

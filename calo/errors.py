@@ -52,7 +52,10 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
 # RFC 9112 §3.2's Host: a reg-name or IPv4 address, or an IPv6 literal in brackets; a port.
-HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::[0-9]{1,5})?")
+HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::(?P<port>[0-9]{1,5}))?")
+MAX_PORT = 65535
+# Set on a request's HTTP connection by calo.httpserver: False until its last byte arrived.
+ARRIVED = "calo_request_arrived"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")  # in the order Allow lists them
 
 
@@ -104,7 +107,9 @@ class JsonErrors(tornado.web.RequestHandler):
         calo.access.answered_hosts; None answers any). Tornado itself would take a missing
         or empty Host as 127.0.0.1, a loopback name."""
         given = self.request.headers.get_list("Host")
-        if len(given) > 1 or (given and not HOST_HEADER.fullmatch(given[0])) or (
+        match = HOST_HEADER.fullmatch(given[0]) if len(given) == 1 else None
+        port = match and match.group("port")
+        if len(given) > 1 or (given and (not match or (port and int(port) > MAX_PORT))) or (
                 not given and self.request.version != "HTTP/1.0"):
             raise ApiError(400, "bad_host", "a request needs one Host header naming a host "
                            "(and an optional port), as RFC 9112 section 3.2 requires")
@@ -139,6 +144,11 @@ class JsonErrors(tornado.web.RequestHandler):
             message = handler._reason if status_code < 500 else "internal server error"
         if status_code == 405:
             handler.set_header("Allow", ", ".join(allowed_methods(type(self))))
+        if getattr(self.request.connection, ARRIVED, True) is False:
+            # Refused before its body was read (a check in a streaming handler's prepare):
+            # Tornado closes the connection after this answer, so say so, and the client
+            # sends its next request on a new one instead of losing it.
+            handler.set_header("Connection", "close")
         handler.set_header("Content-Type", JSON_TYPE)
         self.calo_error_code = code  # for the access line (calo.requestlog)
         handler.finish(error_json(code, message))

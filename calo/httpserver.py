@@ -46,7 +46,9 @@ from tornado.iostream import IOStream, UnsatisfiableReadError
 
 from calo.clockwatch import Repeating
 from calo.config import DEFAULT_CLIENT_TIMEOUT
-from calo.errors import JSON_TYPE, SECURITY_HEADERS, error_json
+from calo.errors import ARRIVED, JSON_TYPE, SECURITY_HEADERS, error_json
+from calo.requestlog import HEADER as REQUEST_ID_HEADER
+from calo.tokens import random_token
 
 log = logging.getLogger("calo.http")
 
@@ -120,6 +122,12 @@ REQUEST_TOO_LARGE = _canned_answer(
     "the request line and headers may take 64 KiB at most (and a chunk-size line 64 bytes)")
 UNREAD_DRAINED = 1 << 20  # bytes of an oversized request read before closing (so: FIN, not RST)
 SHUTTING_DOWN_BODY = error_json("shutting_down", "the server is stopping; try again shortly").encode()
+
+
+def with_request_id(answer: bytes) -> bytes:
+    """A canned answer with an `X-Request-Id` of its own, as every answer has (calo.requestlog)."""
+    status_line, _, rest = answer.partition(b"\r\n")
+    return status_line + f"\r\n{REQUEST_ID_HEADER}: {random_token()}\r\n".encode() + rest
 
 
 def _answer_before_closing(sock: socket.socket, answer: bytes) -> None:
@@ -226,7 +234,7 @@ class GuardedHTTPServer(HTTPServer):
         log.warning("connection refused: %d connections open, the most --max-connections allows",
                     self.open_connections)
         connection.setblocking(False)
-        _answer_before_closing(connection, TOO_MANY_CONNECTIONS)
+        _answer_before_closing(connection, with_request_id(TOO_MANY_CONNECTIONS))
         connection.close()
 
     def _serve(self, connection: socket.socket, address: Any) -> None:
@@ -247,6 +255,7 @@ class GuardedHTTPServer(HTTPServer):
         """Tornado calls this when a connection starts waiting for its next request."""
         self.answering.discard(server_conn)
         self._waiting[server_conn] = time.monotonic() + self._request_timeout
+        setattr(request_conn, ARRIVED, False)  # read by calo.errors: an answer before then closes
         return _Request(self, server_conn, request_conn, super().start_request(server_conn, request_conn))
 
     def request_arrived(self, server_conn: object) -> None:
@@ -300,7 +309,7 @@ class _CountedStream(IOStream):
 
     def write(self, data: bytes | memoryview, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
         if data == TORNADO_BARE_400:
-            data = MALFORMED_REQUEST  # Tornado closes the connection right after
+            data = with_request_id(MALFORMED_REQUEST)  # Tornado closes the connection right after
         return super().write(data, *args, **kwargs)
 
     def close(self, exc_info: Any = False) -> None:
@@ -310,7 +319,7 @@ class _CountedStream(IOStream):
 
     def _answer_too_large(self) -> None:
         """431, straight to the socket: the stream is closing."""
-        _answer_before_closing(self.socket, REQUEST_TOO_LARGE)
+        _answer_before_closing(self.socket, with_request_id(REQUEST_TOO_LARGE))
 
     def close_fd(self) -> None:
         super().close_fd()
@@ -347,6 +356,7 @@ class _Request(tornado.httputil.HTTPMessageDelegate):
         return None if self._delegate is None else self._delegate.data_received(chunk)
 
     def finish(self) -> None:
+        setattr(self._request_conn, ARRIVED, True)
         self._server.request_arrived(self._conn)
         if self._delegate is None:
             self._answer_shutting_down()
@@ -359,8 +369,8 @@ class _Request(tornado.httputil.HTTPMessageDelegate):
 
     def _answer_shutting_down(self) -> None:
         headers = tornado.httputil.HTTPHeaders({
-            "Content-Type": JSON_TYPE, "Content-Length": str(len(SHUTTING_DOWN_BODY)),
-            "Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store",
+            "Content-Type": JSON_TYPE, "Content-Length": str(len(SHUTTING_DOWN_BODY)), **SECURITY_HEADERS,
+            "Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store", REQUEST_ID_HEADER: random_token(),
         })
         start_line = tornado.httputil.ResponseStartLine("HTTP/1.1", 503, "Service Unavailable")
         self._request_conn.write_headers(start_line, headers, SHUTTING_DOWN_BODY)

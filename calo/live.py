@@ -188,8 +188,10 @@ class EventsSocket(JsonErrors, tornado.websocket.WebSocketHandler):
         if headers.get("Sec-WebSocket-Version") != "13":
             raise ApiError(426, "upgrade_required", "only WebSocket version 13 is spoken",
                            {"Sec-WebSocket-Version": "13"})
-        if not headers.get("Sec-WebSocket-Key"):
-            raise ApiError(400, "bad_request", "Sec-WebSocket-Key is missing")
+        if self.request.version != "HTTP/1.1":  # an upgrade needs HTTP/1.1 (RFC 6455 4.1)
+            raise ApiError(400, "bad_request", "a WebSocket opens over HTTP/1.1")
+        if len(headers.get_list("Sec-WebSocket-Key")) != 1 or not headers.get("Sec-WebSocket-Key"):
+            raise ApiError(400, "bad_request", "send one Sec-WebSocket-Key header")
 
     def _offered_token(self) -> str | None:
         """The subprotocol's token, else the (discouraged) `?access_token=`."""

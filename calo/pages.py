@@ -16,7 +16,7 @@ import re
 
 import tornado.web
 
-from calo.errors import JsonErrors
+from calo.errors import ApiError, JsonErrors
 
 INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S)
 # Scripts, styles, fonts and fetches from this server only (connect-src 'self' covers its
@@ -66,6 +66,12 @@ class StaticFiles(JsonErrors, tornado.web.StaticFileHandler):
     """`/static/...`: Tornado's static files (ETags, ranges, `?v=` caching), errors as JSON."""
 
     head = tornado.web.StaticFileHandler.head  # its own: no body read at all
+
+    async def get(self, path: str, include_body: bool = True) -> None:
+        await super().get(path, include_body)
+        if self.get_status() == 416 and not self._finished:  # Tornado's is an empty text/plain answer
+            raise ApiError(416, "range_not_satisfiable", "the Range asked for lies outside the file (its "
+                           "size is in Content-Range)", {"Content-Range": self._headers.get("Content-Range", "")})
 
     def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
         if "\x00" in absolute_path:  # os.stat refuses it with ValueError: a 500 otherwise

@@ -76,6 +76,13 @@ def access_logger(log_successes: bool) -> Callable[[tornado.web.RequestHandler],
     return log_request
 
 
+LOGGED_PATH_CHARS = 200  # a client's 60 KB path makes a line this long at most
+
+
+def _shortened(path: str) -> str:
+    return path if len(path) <= LOGGED_PATH_CHARS else path[:LOGGED_PATH_CHARS] + "…"
+
+
 def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> None:
     request, status = handler.request, handler.get_status()
     if status >= 500:
@@ -89,7 +96,7 @@ def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> Non
     if not log.isEnabledFor(level):
         return
     fields = {
-        "method": request.method, "path": request.path, "status": status,
+        "method": request.method, "path": _shortened(request.path), "status": status,
         "duration_ms": f"{request.request_time() * 1000:.1f}",
         "request_id": request_id(request), "remote": request.remote_ip,
     }

@@ -8,6 +8,7 @@ raw sockets where no HTTP library would send the bytes.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.parse
 
@@ -61,6 +62,7 @@ def assert_contract(answer: Answer, what: object, head: bool = False) -> None:
 
 def assert_clean_log(lines: list[str]) -> None:
     for line in lines:
+        assert len(line) < 1500, line[:300]  # a client's 60 KB path is cut short in the access line
         assert "level=error" not in line and "Traceback" not in line and "exc=" not in line, line
         assert TOKEN not in line and urllib.parse.quote(TOKEN) not in line, line
 
@@ -168,6 +170,90 @@ def test_a_request_line_or_headers_past_64_kib_answer_json_431(server):
         assert answer.status == 431 and answer.json()["error"]["code"] == "request_too_large", (raw[:40], answer)
     assert server.get("/healthz").status_code == 200
     assert_clean_log(server.lines)
+
+
+def test_an_answer_before_the_body_was_read_says_connection_close_and_the_next_request_works(server_process):
+    """Tornado closes the connection after an answer given before the request's body was
+    read (a refusal in a streaming handler's prepare); the answer must say so, or a client
+    reusing the connection loses its next request."""
+    server = server_process("--private", env={"CALO_API_TOKEN": TOKEN})
+    port = int(server.url.rsplit(":", 1)[1])
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    early = [("GET", "/jobs", {}), ("POST", "/jobs", {**good, "Origin": "https://evil.example"}),
+             ("GET", "/nowhere", good), ("DELETE", "/jobs", good), ("GET", "/jobs", {**good, "Host": "evil.example"}),
+             ("POST", "/jobs", {**good, "Content-Type": "text/plain", "Content-Length": "5"})]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for method, path, headers in early:
+            body = "hello" if headers.get("Content-Length") else None
+            connection.request(method, path, body=body, headers=headers)
+            refused = connection.getresponse()
+            refused.read()
+            assert refused.status >= 400 and refused.getheader("Connection") == "close", (method, path, refused.status)
+            connection.request("GET", "/jobs", headers=good)  # http.client reconnects after "close"
+            after = connection.getresponse()
+            assert after.status == 200 and json.loads(after.read()) == [], (method, path)
+    finally:
+        connection.close()
+
+
+def test_canned_answers_carry_the_headers_every_answer_has(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    host = f"Host: 127.0.0.1:{port}\r\n".encode()
+    ids = set()
+    for raw in (b"GET /jobs HTTP/1.1\r\n" + host + b"X: a\x00b\r\n\r\n",
+                b"GET /jobs HTTP/1.1\r\n" + host + b"Cookie: " + b"c" * 70_000 + b"\r\n\r\n"):
+        answer = send_raw(port, raw)
+        assert answer.status in (400, 431) and answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-security-policy"] and answer.headers["x-frame-options"] == "DENY"
+        ids.add(answer.headers["x-request-id"])
+    assert len(ids) == 2  # one of its own each
+
+
+def test_edge_forms_of_valid_values_are_read_as_the_rfcs_say(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    for scheme in (b"bearer", b"BEARER", b"Bearer"):  # auth schemes are case-insensitive
+        answer = exchange(port, b"POST", b"/jobs", {b"Authorization": scheme + b" " + TOKEN.encode()})
+        assert answer.status == 201, scheme
+    for value in (b"0", b"00000000000000000001", b"0" * 40 + b"5"):  # leading zeros: the same number
+        assert exchange(port, b"GET", b"/jobs?limit=" + value, AUTH).status in (200, 400), value
+    assert exchange(port, b"GET", b"/jobs?limit=" + b"0" * 30 + b"2", AUTH).status == 200
+    assert exchange(port, b"GET", b"/jobs?cursor=" + b"0" * 30 + b"1", AUTH).status == 200
+    assert exchange(port, b"GET", b"/jobs?limit=" + b"1" * 65, AUTH).json()["error"]["code"] == "bad_parameter"
+    for host in (b"localhost:65536", b"localhost:99999", b"127.0.0.1:00000099999"):
+        assert exchange(port, b"GET", b"/jobs", AUTH, host=host).json()["error"]["code"] == "bad_host", host
+    assert exchange(port, b"GET", b"/jobs", AUTH, host=b"localhost:65535").status == 200
+
+
+def test_repeated_headers_that_would_be_joined_are_refused(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    host = f"Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
+    twice = send_raw(port, b"POST /jobs HTTP/1.1\r\n" + host + b"Idempotency-Key: k1\r\nIdempotency-Key: k2\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+    assert twice.status == 400 and twice.json()["error"]["code"] == "bad_idempotency_key"
+    upgrade = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    second_key = b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+    keys = send_raw(port, b"GET /ws HTTP/1.1\r\n" + host + upgrade + second_key + b"\r\n")
+    assert keys.status == 400 and keys.is_json
+    old = send_raw(port, b"GET /ws HTTP/1.0\r\n" + host + upgrade + b"\r\n")  # 101 then a silent close before
+    assert old.status == 400 and old.is_json
+    assert server.get("/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).json() == []
+
+
+def test_a_declared_body_over_64_kib_is_413_on_every_api_method_and_a_bad_range_is_json(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    for method in (b"GET", b"POST", b"HEAD", b"DELETE"):
+        answer = send_raw(port, method + b" /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 70000\r\n\r\n", head=method == b"HEAD")
+        assert answer.status in (405, 413), method
+        assert answer.status == 413 or method == b"DELETE", method
+    for value in (b"bytes=999999999-", b"bytes=-0", b"bytes=50-10"):
+        answer = exchange(port, b"GET", b"/static/app.js", {b"Range": value})
+        assert answer.status in (206, 416) and (answer.status == 206 or answer.is_json), (value, answer)
+        if answer.status == 416:
+            assert answer.json()["error"]["code"] == "range_not_satisfiable"
+            assert answer.headers["content-range"].startswith("bytes */")
 
 
 def test_a_missing_empty_repeated_or_malformed_host_is_400(server_process, tmp_path):

@@ -95,6 +95,9 @@ def test_bad_settings_exit_nonzero_with_one_line_naming_the_setting(tmp_path):
         (["--data-dir", str(a_file / "sub")], {}, "data dir"),
         ([], {"CALO_UNSPLASH_API_URL": "ftp://x"}, "CALO_UNSPLASH_API_URL"),
         (["--no-such-flag"], {}, "--no-such-flag"),
+        (["--client-timeout", "0"], {}, "--client-timeout"),  # a sweep every 0 s: a core spinning
+        ([], {"CALO_INSTANCE_LEASE": "0.01"}, "CALO_INSTANCE_LEASE"),
+        (["--unsplash-timeout", "0"], {}, "--unsplash-timeout"),
     ]
     for flags, env, named in cases:
         result = run_server(*flags, env={"CALO_DATA_DIR": str(tmp_path / "d"), **env})

@@ -38,6 +38,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.httputil
 from tornado.httpserver import HTTPServer
@@ -326,6 +327,26 @@ class _CountedStream(IOStream):
         self._server.connection_closed()
 
 
+def _origin_form(
+    start_line: tornado.httputil.RequestStartLine, headers: tornado.httputil.HTTPHeaders,
+) -> tornado.httputil.RequestStartLine:
+    """A request target in absolute form (`GET http://host/jobs HTTP/1.1`, which RFC 9112
+    3.2.2 says a server must accept) as origin form, its authority taking the place of the
+    `Host` header (the RFC's rule), so routing and the Host check see what they expect."""
+    target = start_line.path
+    if not target.lower().startswith(("http://", "https://")):
+        return start_line
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return start_line  # left as it is: no route matches it, a JSON 404
+    if "Host" in headers:
+        del headers["Host"]
+    headers["Host"] = parts.netloc
+    path = parts.path or "/"
+    return start_line._replace(path=f"{path}?{parts.query}" if parts.query else path)
+
+
 class _Request(tornado.httputil.HTTPMessageDelegate):
     """One request on a connection. Passes everything on to Tornado's delegate (the
     application's), unless the server drains by the time the headers arrive: then it
@@ -346,6 +367,8 @@ class _Request(tornado.httputil.HTTPMessageDelegate):
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         self._server.answering.add(self._conn)  # from here on, shutdown waits for its answer
+        if isinstance(start_line, tornado.httputil.RequestStartLine):
+            start_line = _origin_form(start_line, headers)
         delegate = self._delegate
         if delegate is None or self._server.draining:
             self._delegate = None  # the application never sees it

@@ -5,7 +5,9 @@ the log: `RateLimit`, installed on the handler by `configure_logging`, lets thro
 most `BURST` warnings or errors of one kind (same logger, same message template, same
 `rate_key`) per `INTERVAL_SECONDS`; the first line of that kind let through after a
 quiet spell carries `suppressed=N`, the count of those dropped meanwhile. Info and debug
-lines (the access log of successes) are never dropped.
+lines are never dropped, except those that carry a `rate_key`: client errors (4xx) in
+the access log when `--access-log` is off (calo.requestlog); with it, every request is
+logged.
 
 Threads: any (logging's handler lock serialises `filter`).
 Must never: log a secret (the Unsplash key is never passed to a logger: `Settings` hides
@@ -66,7 +68,8 @@ class HideRequestBytes(logging.Filter):
 
 
 class RateLimit(logging.Filter):
-    """At most `burst` warnings or errors of one kind per `interval` seconds. A kind is
+    """At most `burst` warnings or errors of one kind per `interval` seconds, and lines of
+    lower levels that carry a `rate_key` (client errors in the access log). A kind is
     (logger, level, message template, the record's `rate_key` if given): a line logged
     as `log.error("accept failed: %s", exc)` is one kind whatever `exc` is; callers whose
     lines share a template but differ in meaning pass `extra={"rate_key": ...}`."""
@@ -80,7 +83,7 @@ class RateLimit(logging.Filter):
         self._windows: dict[Hashable, list[float]] = {}  # kind -> [window start, lines let through, dropped]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING and getattr(record, "rate_key", None) is None:
             return True
         kind = (record.name, record.levelno, str(record.msg), getattr(record, "rate_key", None))
         now = self._clock()

@@ -103,4 +103,10 @@ def _log_request(handler: tornado.web.RequestHandler, success_level: int) -> Non
     code = getattr(handler, "calo_error_code", None)  # set by calo.errors on every error answer
     if code is not None:
         fields["error"] = code
-    log.log(level, "request", extra={"fields": fields, "rate_key": status})  # a kind per status
+    extra: dict[str, object] = {"fields": fields}
+    if status >= 500 or (status >= 400 and success_level < logging.INFO):
+        # A kind per status for the log's rate limit (calo.logs.RateLimit). Client errors
+        # too, unless the operator asked for every request (--access-log): one client
+        # sending garbage must not fill the disk.
+        extra["rate_key"] = status
+    log.log(level, "request", extra=extra)

@@ -197,6 +197,17 @@ def test_an_answer_before_the_body_was_read_says_connection_close_and_the_next_r
         connection.close()
 
 
+@pytest.mark.parametrize("access_log", [False, True])
+def test_one_client_s_errors_cannot_flood_the_log_unless_every_request_is_asked_for(server_process, access_log):
+    server = server_process(*(["--access-log"] if access_log else []))
+    with requests.Session() as session:
+        for number in range(120):
+            assert session.get(f"{server.url}/jobs/nope-{number}", timeout=10).status_code == 404
+    assert server.terminate() == 0  # every line it wrote is read by then
+    logged = [line for line in server.lines if "status=404" in line]
+    assert len(logged) == 120 if access_log else 1 <= len(logged) <= 10, len(logged)
+
+
 def test_canned_answers_carry_the_headers_every_answer_has(server):
     port = int(server.url.rsplit(":", 1)[1])
     host = f"Host: 127.0.0.1:{port}\r\n".encode()
@@ -223,6 +234,21 @@ def test_edge_forms_of_valid_values_are_read_as_the_rfcs_say(server):
     for host in (b"localhost:65536", b"localhost:99999", b"127.0.0.1:00000099999"):
         assert exchange(port, b"GET", b"/jobs", AUTH, host=host).json()["error"]["code"] == "bad_host", host
     assert exchange(port, b"GET", b"/jobs", AUTH, host=b"localhost:65535").status == 200
+
+
+def test_a_target_in_absolute_form_is_served_and_its_authority_is_the_host(server):
+    """RFC 9112 3.2.2: a server must accept `GET http://host/path`; the authority in the
+    target replaces the Host header, so the DNS-rebinding check sees it."""
+    port = int(server.url.rsplit(":", 1)[1])
+    ours = f"http://127.0.0.1:{port}".encode()
+    assert exchange(port, b"GET", ours + b"/jobs?limit=5", AUTH).status == 200
+    assert exchange(port, b"GET", b"HTTP://LOCALHOST:1/healthz", AUTH).status == 200
+    assert exchange(port, b"GET", ours, AUTH).status == 200  # the page, path "/"
+    foreign = exchange(port, b"GET", b"http://evil.example/jobs", AUTH)  # Host says 127.0.0.1: the target wins
+    assert foreign.status == 421 and foreign.json()["error"]["code"] == "unknown_host"
+    for junk in (b"http://[::1/jobs", b"http:///jobs", b"https://user@localhost/jobs"):
+        answer = exchange(port, b"GET", junk, AUTH)
+        assert 400 <= answer.status < 500 and answer.is_json, (junk, answer)
 
 
 def test_repeated_headers_that_would_be_joined_are_refused(server):

@@ -22,7 +22,13 @@ Owns the connections to PostgreSQL and what servers must agree on:
   if it dies its session ends and another takes the lock at its next heartbeat;
 - shared limits: `--max-pending` counts the pending jobs of the whole database (the sum
   of every server's `job_counts`, read at most every `PENDING_COUNT_TTL`); the Unsplash
-  rate-limit pause is one row (`shared_state`) every server reads at each heartbeat.
+  rate-limit pause is one row (`shared_state`) every server reads at each heartbeat; the
+  Unsplash budget (calo.budget) lives in that row too: each reservation and each release
+  is one short transaction on a pooled connection that locks the row, counts the calls
+  every *live* server has reserved (`instances.calls_in_flight`: a dead server's stop
+  counting when its lease runs out, a stopped one's at once), and writes the budget and
+  this server's own count back. This server's count is held here and written whole, so
+  a write that failed is put right by the next one, or by the next heartbeat.
 
 Threads: IOLoop thread only, except `export_reader()`'s reader, which the exporter uses
 on its own thread with its own (blocking) connection.
@@ -43,6 +49,7 @@ from urllib.parse import urlsplit
 import psycopg
 import psycopg_pool
 
+from calo.budget import Budget, BudgetReport
 from calo.jobs import EVENT_FOR_STATUS, PENDING, RESOLVED, Job, Outcome
 from calo.storage import postgres_writer as ops
 from calo.storage.base import (
@@ -119,6 +126,9 @@ class PostgresStorage(Storage):
         self._stopping = False
         self.rate_limited_until = 0
         self.last_heartbeat_error: str | None = None
+        self._calls_reserved = 0  # this server's Unsplash calls reserved, not yet answered (the truth)
+        self._budget_lock = asyncio.Lock()  # one budget transaction of this server at a time
+        self._budget_unsure = False  # a budget write failed: the row may not hold `_calls_reserved`
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -191,7 +201,8 @@ class PostgresStorage(Storage):
         if conn is None:
             return
         try:
-            await conn.execute("UPDATE instances SET heartbeat_at = '-infinity' WHERE id = %s", (self.instance_id,))
+            await conn.execute("UPDATE instances SET heartbeat_at = '-infinity', calls_in_flight = 0 WHERE id = %s",
+                               (self.instance_id,))
         except psycopg.Error as exc:
             log.warning("could not hand this server's jobs over at stop (%s); others take them after the lease",
                         one_line(exc))
@@ -265,6 +276,8 @@ class PostgresStorage(Storage):
         if row and row[0] > self.rate_limited_until:
             self.rate_limited_until = row[0]
             self._on_rate_limit(row[0])
+        if self._budget_unsure and not self._budget_lock.locked():
+            await self._budget_transaction(lambda budget, reserved: 0)  # writes this server's count whole
         return taken
 
     async def _take_over(self, conn: psycopg.AsyncConnection) -> list[tuple[int, str]]:
@@ -305,6 +318,56 @@ class PostgresStorage(Storage):
                     "UPDATE shared_state SET rate_limited_until = greatest(rate_limited_until, %s)", (until_ms,))
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             log.warning("could not share the rate-limit pause with the other servers: %s", one_line(exc))
+
+    # -- the Unsplash budget: one shared row, each live server's reservations -------------
+
+    def reserve_calls(self, wanted: int, now: int) -> asyncio.Future[int]:
+        return asyncio.get_running_loop().create_task(
+            self._budget_transaction(lambda budget, reserved: budget.grant(wanted, reserved, now)))
+
+    def release_calls(self, count: int, report: BudgetReport | None, now: int) -> asyncio.Future[None]:
+        self._calls_reserved = max(0, self._calls_reserved - count)  # written with the next transaction
+
+        def learn(budget: Budget, reserved: int) -> int:
+            if report is not None:
+                budget.learn(report, now)
+            return 0
+
+        return asyncio.get_running_loop().create_task(self._released(learn))
+
+    async def _released(self, learn: Callable[[Budget, int], int]) -> None:
+        await self._budget_transaction(learn)
+
+    async def _budget_transaction(self, decide: Callable[[Budget, int], int]) -> int:
+        """Under the shared row's lock: `decide(budget, calls reserved by every live server)`
+        may change the budget, and returns how many calls this server reserves now; the
+        budget and this server's whole count are written back. A failure is logged and
+        reserves nothing (the next transaction, or heartbeat, writes the count again)."""
+        async with self._budget_lock:
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    row = await (await conn.execute(
+                        "SELECT budget_remaining, budget_until FROM shared_state FOR UPDATE")).fetchone()
+                    others = await (await conn.execute(
+                        "SELECT coalesce(sum(calls_in_flight), 0) FROM instances WHERE id <> %s"
+                        " AND heartbeat_at >= now() - make_interval(secs => %s)", (self.instance_id, self.lease),
+                    )).fetchone()
+                    assert row is not None and others is not None
+                    budget = Budget(row[0], row[1])
+                    granted = decide(budget, others[0] + self._calls_reserved)
+                    await conn.execute("UPDATE shared_state SET budget_remaining = %s, budget_until = %s",
+                                       (budget.remaining, budget.until))
+                    await conn.execute("UPDATE instances SET calls_in_flight = %s WHERE id = %s",
+                                       (self._calls_reserved + granted, self.instance_id))
+            except psycopg.Error as exc:
+                if not self._budget_unsure:
+                    log.warning("could not use the shared Unsplash budget (no call starts meanwhile): %s",
+                                one_line(exc))
+                self._budget_unsure = True
+                return 0
+            self._calls_reserved += granted
+            self._budget_unsure = False
+            return granted
 
     def _writer_reconnected(self) -> None:
         assert self._loop is not None

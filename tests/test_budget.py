@@ -8,7 +8,6 @@ pause is that window. The fake counts the calls it refused for a spent budget: n
 
 from __future__ import annotations
 
-
 import pytest
 
 from calo.budget import Budget, BudgetReport

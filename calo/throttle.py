@@ -89,8 +89,8 @@ class UpstreamGate:
         budget (calo.budget), once `succeeded` or `rate_limited` has taken it in: spent
         until the pause ends while one runs, else `remaining` for one window (the pause's
         length: Unsplash renews its budget hourly, and sends no reset time)."""
-        if self.is_rate_limited(now):
-            return BudgetReport(0, self._clock.wall_at(self.rate_limited_until))
+        if remaining == 0 or self.is_rate_limited(now):  # a Retry-After of 0 ends the pause at once
+            return BudgetReport(0, self._clock.wall_at(max(now, self.rate_limited_until)))
         return BudgetReport(remaining, self._clock.wall_at(now + self._rate_limit_pause_ms))
 
     def state(self, now: int) -> UpstreamState:

@@ -3,7 +3,8 @@
 Owns the in-memory schedule of pending jobs and the dispatch of upstream fetches to the
 bounded worker pool. Pending jobs wait in a heap ordered by due time with ONE timer, for
 the earliest; nothing waits in a thread. Due jobs move to the `ready` line and take
-photos from a small in-memory stock of spare photos; when the stock is empty one fetch
+photos from a small in-memory stock of spare photos, topped up while jobs fall due within
+PREFETCH_MS (so a busy server's jobs seldom wait for a call); when it runs low one fetch
 of `batch` photos is started on the pool, at most `workers` at once and fewer while the
 upstream is failing (see `calo.throttle`), and each only once the Unsplash budget that
 every server shares grants it a call (`budget.reserve_calls`, see `calo.budget`: one
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("calo.scheduler")
 
+PREFETCH_MS = 1000  # the stock of spare photos is topped up while a job falls due this soon
 BUDGET_RETRY_MS = 500  # a reservation granted fewer calls than wanted (others hold them): ask again then
 STORE_RETRY_MS = 5000  # a job whose outcome could not be written is tried again this much later
 MAX_STORE_TRIES = 3  # outcomes of a job refused by the store (its data) before the job fails
@@ -217,13 +219,23 @@ class Scheduler:
         self._arm_timer()
 
     def _fetches_wanted(self, now: int) -> int:
-        """More fetches the due jobs need that the gate allows now. Photos already on their
-        way count: one batch serves up to `batch` waiting jobs."""
+        """More fetches the gate allows now that the due jobs need, or that keep the stock
+        of spare photos from running out while the next jobs fall due (so that they find a
+        photo at their due time instead of waiting for a call). Photos already on their way
+        count: one batch serves up to `batch` jobs."""
+        needed = len(self._ready) + self._stock_wanted()
         wanted = 0
-        while (len(self._ready) > (self._in_flight + wanted) * self._batch
+        while (needed > len(self._spares) + (self._in_flight + wanted) * self._batch
                and self._gate.allowed_now(now, self._in_flight + wanted)):
             wanted += 1
         return wanted
+
+    def _stock_wanted(self) -> int:
+        """The spare photos to keep in stock: half a batch while a job falls due within
+        PREFETCH_MS, none otherwise (a quiet server spends no call ahead)."""
+        if self._heap and self._heap[0][0] <= self._clock.wall() + PREFETCH_MS:
+            return max(1, self._batch // 2)
+        return 0
 
     def _next_wake(self) -> int | None:
         """Monotonic ms of the next thing to do: the next due time, or the gate opening."""

@@ -83,6 +83,17 @@ _LATENESS_MS = ("(extract(epoch FROM (job::json->>'resolved_at')::timestamptz)"
                 " - extract(epoch FROM (job::json->>'due_at')::timestamptz)) * 1000.0")
 
 
+# The shared budget, locked, and the calls the other live servers have reserved.
+_READ_BUDGET = (
+    "SELECT budget_remaining, budget_until, (SELECT coalesce(sum(calls_in_flight), 0) FROM instances"
+    " WHERE id <> %s AND heartbeat_at >= now() - make_interval(secs => %s)) FROM shared_state FOR UPDATE"
+)
+# The budget, and this server's reservations, written back in one round trip.
+_WRITE_BUDGET = (
+    "WITH budget AS (UPDATE shared_state SET budget_remaining = %s, budget_until = %s)"
+    " UPDATE instances SET calls_in_flight = %s WHERE id = %s"
+)
+
 
 def _connect_options() -> dict[str, Any]:
     # TCP keepalives notice a PostgreSQL that vanished without closing the connection.
@@ -346,19 +357,12 @@ class PostgresStorage(Storage):
         async with self._budget_lock:
             try:
                 async with self._pool.connection() as conn, conn.transaction():
-                    row = await (await conn.execute(
-                        "SELECT budget_remaining, budget_until FROM shared_state FOR UPDATE")).fetchone()
-                    others = await (await conn.execute(
-                        "SELECT coalesce(sum(calls_in_flight), 0) FROM instances WHERE id <> %s"
-                        " AND heartbeat_at >= now() - make_interval(secs => %s)", (self.instance_id, self.lease),
-                    )).fetchone()
-                    assert row is not None and others is not None
+                    row = await (await conn.execute(_READ_BUDGET, (self.instance_id, self.lease))).fetchone()
+                    assert row is not None
                     budget = Budget(row[0], row[1])
-                    granted = decide(budget, others[0] + self._calls_reserved)
-                    await conn.execute("UPDATE shared_state SET budget_remaining = %s, budget_until = %s",
-                                       (budget.remaining, budget.until))
-                    await conn.execute("UPDATE instances SET calls_in_flight = %s WHERE id = %s",
-                                       (self._calls_reserved + granted, self.instance_id))
+                    granted = decide(budget, row[2] + self._calls_reserved)
+                    await conn.execute(_WRITE_BUDGET, (budget.remaining, budget.until, self._calls_reserved + granted,
+                                                       self.instance_id))
             except psycopg.Error as exc:
                 if not self._budget_unsure:
                     log.warning("could not use the shared Unsplash budget (no call starts meanwhile): %s",

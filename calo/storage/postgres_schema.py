@@ -91,7 +91,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The Unsplash budget every server shares (calo.budget): the figure last reported,
         # and each server's calls reserved and not yet answered (only live servers' count).
         "ALTER TABLE shared_state ADD COLUMN budget_remaining integer,"  # NULL: none metered (or never known)
-        " ADD COLUMN budget_until bigint NOT NULL DEFAULT 0",  # ms; trusted until then (0: never learned)
+        " ADD COLUMN budget_until bigint NOT NULL DEFAULT 0,"  # ms; trusted until then (0: never learned)
+        " ADD COLUMN budget_version bigint NOT NULL DEFAULT 0",  # bumped by every write that reserves or learns
         "ALTER TABLE instances ADD COLUMN calls_in_flight integer NOT NULL DEFAULT 0",
     ),
 )

@@ -172,7 +172,7 @@ class Calo:
         self.clock_watch = ClockWatch()  # wall-clock steps: the scheduler plans its timer again
         self.clock_watch.start()
         self.scheduler = Scheduler(
-            source=self.source, writer=storage, pool=self.pool,
+            source=self.source, writer=storage, budget=storage, pool=self.pool,
             gate=self.gate, batch=settings.unsplash_batch,
             max_attempts=settings.max_attempts, retry_window_ms=int(settings.retry_window * 1000),
             clock_watch=self.clock_watch,

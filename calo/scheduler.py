@@ -3,12 +3,17 @@
 Owns the in-memory schedule of pending jobs and the dispatch of upstream fetches to the
 bounded worker pool. Pending jobs wait in a heap ordered by due time with ONE timer, for
 the earliest; nothing waits in a thread. Due jobs move to the `ready` line and take
-photos from a small in-memory stock of spare photos; when the stock is empty one fetch
+photos from a small in-memory stock of spare photos, topped up while jobs fall due within
+PREFETCH_MS (so a busy server's jobs seldom wait for a call); when it runs low one fetch
 of `batch` photos is started on the pool, at most `workers` at once and fewer while the
-upstream is failing (see `calo.throttle`). What an attempt did to a job is an `Outcome`
-handed to the store's writer, which applies it only to a job still pending, so a job
-never resolves twice. The database, not this schedule, is the truth: after a crash the
-schedule is rebuilt from the pending jobs in the store.
+upstream is failing (see `calo.throttle`), and each only once the Unsplash budget that
+every server shares grants it a call (`budget.reserve_calls`, see `calo.budget`: one
+request at a time, asked again BUDGET_RETRY_MS later when it granted fewer than wanted);
+its answer gives the call back (`release_calls`) with what it said of the budget. What
+an attempt did to a job is an `Outcome` handed to the store's writer, which applies it
+only to a job still pending, so a job never resolves twice. The database, not this
+schedule, is the truth: after a crash the schedule is rebuilt from the pending jobs in
+the store.
 
 Clocks: a due time is a wall-clock instant; the one timer runs on the IOLoop's monotonic
 clock, armed for the moment the wall clock should read the next due time. When the wall
@@ -19,9 +24,10 @@ monotonic clock from the moment this process found the job due.
 
 Threads: every method runs on the IOLoop thread. The only code that runs elsewhere is
 `source.fetch`, sent to the pool with `run_in_executor`; results come back through
-`IOLoop.add_future`, which calls back on the IOLoop thread.
+`IOLoop.add_future`, which calls back on the IOLoop thread, as do the budget's futures.
 
-Must never: block, sleep, touch SQLite directly, or submit more than `workers` fetches.
+Must never: block, sleep, touch SQLite directly, submit more than `workers` fetches, or
+start a fetch the budget did not grant.
 """
 
 from __future__ import annotations
@@ -44,11 +50,14 @@ from calo.storage.base import NotStored, StoreError
 from calo.unsplash import PhotoSource, RateLimited, TransientError, UpstreamError
 
 if TYPE_CHECKING:
-    from calo.storage.base import OutcomeWriter
+    from calo.budget import BudgetReport
+    from calo.storage.base import CallBudget, OutcomeWriter
     from calo.throttle import UpstreamGate
 
 log = logging.getLogger("calo.scheduler")
 
+PREFETCH_MS = 1000  # the stock of spare photos is topped up while a job falls due this soon
+BUDGET_RETRY_MS = 500  # a reservation granted fewer calls than wanted (others hold them): ask again then
 STORE_RETRY_MS = 5000  # a job whose outcome could not be written is tried again this much later
 MAX_STORE_TRIES = 3  # outcomes of a job refused by the store (its data) before the job fails
 NOT_STORABLE = "result_not_storable"  # its error.code then
@@ -135,6 +144,7 @@ class Scheduler:
         *,
         source: PhotoSource,
         writer: OutcomeWriter,
+        budget: CallBudget,
         pool: concurrent.futures.Executor,
         gate: UpstreamGate,
         batch: int,
@@ -144,6 +154,7 @@ class Scheduler:
     ):
         self._source = source
         self._writer = writer
+        self._budget = budget
         self._pool = pool
         self._gate = gate
         self._batch = batch
@@ -158,6 +169,8 @@ class Scheduler:
         self._due_since: dict[str, int] = {}  # job id -> monotonic ms it was first found due
         self._spares: collections.deque[dict[str, Any]] = collections.deque()  # fetched, unused
         self._in_flight = 0
+        self._reserving = False  # a budget reservation is on its way
+        self._budget_retry_at = 0  # monotonic ms; no reservation is asked before it
         self._settling = 0  # outcomes handed to the writer, not yet confirmed
         self._store_failures: dict[str, int] = {}  # job id -> its outcomes the store refused
         self._told_rate_limit_until = 0  # the rate-limit pause the waiting jobs were told of (monotonic)
@@ -270,17 +283,37 @@ class Scheduler:
         if self._ready and self._gate.rate_limited_until > max(now, self._told_rate_limit_until):
             self._told_rate_limit_until = self._gate.rate_limited_until
             self._tell_waiting_for_rate_limit(self._ready)
-        # Photos already on their way count: one batch serves up to `batch` waiting jobs.
-        while len(self._ready) > self._in_flight * self._batch and self._gate.allowed_now(now, self._in_flight):
-            self._start_fetch(now)
+        self._reserve(now)
         self._arm_timer()
+
+    def _fetches_wanted(self, now: int) -> int:
+        """More fetches the gate allows now that the due jobs need, or that keep the stock
+        of spare photos from running out while the next jobs fall due (so that they find a
+        photo at their due time instead of waiting for a call). Photos already on their way
+        count: one batch serves up to `batch` jobs."""
+        needed = len(self._ready) + self._stock_wanted()
+        wanted = 0
+        while (needed > len(self._spares) + (self._in_flight + wanted) * self._batch
+               and self._gate.allowed_now(now, self._in_flight + wanted)):
+            wanted += 1
+        return wanted
+
+    def _stock_wanted(self) -> int:
+        """The spare photos to keep in stock: half a batch while a job falls due within
+        PREFETCH_MS, none otherwise (a quiet server spends no call ahead)."""
+        earliest = self._heap.earliest()
+        if earliest is not None and earliest <= self._clock.wall() + PREFETCH_MS:
+            return max(1, self._batch // 2)
+        return 0
 
     def _next_wake(self) -> int | None:
         """Monotonic ms of the next thing to do: the next due time, or the gate opening."""
         earliest = self._heap.earliest()
         wake = None if earliest is None else self._clock.monotonic_at(earliest)
-        if self._ready and self._gate.open_at > self._clock.monotonic():
-            wake = self._gate.open_at if wake is None else min(wake, self._gate.open_at)
+        now = self._clock.monotonic()
+        for opens in (self._gate.open_at, self._budget_retry_at):
+            if self._ready and opens > now:
+                wake = opens if wake is None else min(wake, opens)
         return wake
 
     def _arm_timer(self) -> None:
@@ -300,6 +333,33 @@ class Scheduler:
 
     # -- fetches ---------------------------------------------------------------------------
 
+    def _reserve(self, now: int) -> None:
+        """Ask the budget for the fetches wanted now (one request at a time)."""
+        if self._reserving or now < self._budget_retry_at:
+            return
+        wanted = self._fetches_wanted(now)
+        if wanted:
+            self._reserving = True
+            future = self._budget.reserve_calls(wanted, self._clock.wall())
+            self._loop.add_future(future, functools.partial(self._reserved, wanted))
+
+    def _reserved(self, wanted: int, future: asyncio.Future[int]) -> None:
+        """Start the granted fetches the gate still allows; give the others back."""
+        self._reserving = False
+        granted = future.result()
+        now = self._clock.monotonic()
+        usable = 0 if self._stopping else min(granted, self._fetches_wanted(now))
+        for _ in range(usable):
+            self._start_fetch(now)
+        if granted > usable:
+            self._release(granted - usable, None)
+        if granted < wanted:
+            self._budget_retry_at = now + BUDGET_RETRY_MS
+        self._pump()
+
+    def _release(self, count: int, report: BudgetReport | None) -> None:
+        self._budget.release_calls(count, report, self._clock.wall())
+
     def _start_fetch(self, now: int) -> None:
         self._in_flight += 1
         future = self._loop.run_in_executor(self._pool, self._source.fetch, self._batch)
@@ -310,16 +370,22 @@ class Scheduler:
         if self._closed:  # after the grace: its jobs stay pending and run at the next start
             return
         now = self._clock.monotonic()
+        report = None  # what the answer said of the budget
         try:
             fetched = future.result()
         except UpstreamError as exc:
             self._fetch_failed(exc, started_at, now)
+            if isinstance(exc, RateLimited):
+                report = self._gate.budget_report(0, now)
         except Exception as exc:  # a bug in a source must not stall the schedule
             log.exception("upstream fetch raised")
             self._fetch_failed(TransientError(f"unexpected error: {type(exc).__name__}"), started_at, now)
         else:
             self._gate.succeeded(fetched.rate_limit, fetched.rate_remaining, now)
             self._spares.extend(fetched.images)
+            report = self._gate.budget_report(fetched.rate_remaining, now)
+        self._budget_retry_at = 0  # the call given back may be what the budget lacked
+        self._release(1, report)
         if self._in_flight == 0:
             for notify in self._idle:
                 notify()

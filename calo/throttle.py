@@ -14,6 +14,9 @@ can have reset, or as long as the upstream's `Retry-After` says. A refused key (
 Every time here is on the monotonic clock (calo.clockwatch): a wall-clock step neither ends a
 pause early nor stretches a backoff by the size of the step.
 
+How many calls the budget still allows is not decided here but by the budget every server
+shares (calo.budget, held by the storage); `budget_report` says what an answer told it.
+
 It logs when its state changes (failing, recovered, rate limited, rejected), and `state()`
 says what it is now, for `/readyz` and `/metrics`.
 
@@ -28,6 +31,7 @@ import random
 from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
+from calo.budget import BudgetReport
 from calo.clock import iso_utc
 from calo.clockwatch import Clock
 
@@ -79,6 +83,15 @@ class UpstreamGate:
 
     def is_rate_limited(self, now: int) -> bool:
         return now < self.rate_limited_until
+
+    def budget_report(self, remaining: int | None, now: int) -> BudgetReport:
+        """What an answer at `now` (monotonic ms) that said `remaining` tells the shared
+        budget (calo.budget), once `succeeded` or `rate_limited` has taken it in: spent
+        until the pause ends while one runs, else `remaining` for one window (the pause's
+        length: Unsplash renews its budget hourly, and sends no reset time)."""
+        if remaining == 0 or self.is_rate_limited(now):  # a Retry-After of 0 ends the pause at once
+            return BudgetReport(0, self._clock.wall_at(max(now, self.rate_limited_until)))
+        return BudgetReport(remaining, self._clock.wall_at(now + self._rate_limit_pause_ms))
 
     def state(self, now: int) -> UpstreamState:
         """Read-only, times in monotonic ms: "rate_limited" (with `until`), "rejected"

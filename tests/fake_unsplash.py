@@ -299,6 +299,9 @@ class FakeUnsplash:
         self._limit = rate_limit
         self._remaining = rate_limit
         self._rate_limit_status = 403
+        self._window: float | None = None  # seconds a budget lasts before it is renewed; None: never
+        self._window_started: float | None = None  # time.monotonic() of the window's first metered call
+        self._over_budget = 0  # calls refused because the budget was spent
         self._fault: _Fault | None = None
         self._trickle: _Trickle | None = None
         self._body_filter: Callable[[bytes], bytes] | None = None
@@ -417,6 +420,14 @@ class FakeUnsplash:
         with self._lock:
             self._limit = self._limit if limit is None else limit
             self._remaining = self._limit
+            self._window_started = None
+
+    def set_rate_limit_window(self, seconds: float | None) -> None:
+        """Renew the budget `seconds` after the first call that spends from it, as
+        Unsplash renews its hourly budget (without saying when); None: never (the default)."""
+        with self._lock:
+            self._window = seconds
+            self._window_started = None
 
     # -- observability ---------------------------------------------------------
     def calls(self) -> list[Json]:
@@ -431,6 +442,7 @@ class FakeUnsplash:
         with self._lock:
             self._calls.clear()
             self._photo_requests = 0
+            self._over_budget = 0
 
     @property
     def photo_requests_count(self) -> int:
@@ -441,6 +453,13 @@ class FakeUnsplash:
     def rate_limit_remaining(self) -> int:
         with self._lock:
             return self._remaining
+
+    @property
+    def over_budget_calls(self) -> int:
+        """Calls refused because the budget was spent (a client that keeps to the budget
+        it was told makes none)."""
+        with self._lock:
+            return self._over_budget
 
     # -- request handling (runs on connection threads) -------------------------
     def _serve_request(self, request: _Handler) -> None:
@@ -513,7 +532,14 @@ class FakeUnsplash:
     def _metered(self, build_answer: Callable[[], _Answer]) -> _Answer:
         """Spend one unit of budget on build_answer(), or refuse once it is gone."""
         with self._lock:
+            now = time.monotonic()
+            if self._window is not None and self._window_started is not None \
+                    and now >= self._window_started + self._window:
+                self._remaining, self._window_started = self._limit, None  # a new window
+            if self._window_started is None:
+                self._window_started = now
             exhausted = self._remaining <= 0
+            self._over_budget += exhausted
             self._remaining = max(0, self._remaining - 1)
             remaining, refusal_status = self._remaining, self._rate_limit_status
         if exhausted:

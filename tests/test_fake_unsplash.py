@@ -100,6 +100,17 @@ def test_spent_budget_is_403_then_429_knob_then_reset(fake: FakeUnsplash) -> Non
     assert get(fake, "/photos/random").status_code == 200
 
 
+def test_a_budget_window_renews_the_budget_and_calls_past_it_are_counted(fake: FakeUnsplash) -> None:
+    fake.reset_rate_limit(limit=1)
+    fake.set_rate_limit_window(0.3)  # from the first call
+    assert get(fake, "/photos/random").status_code == 200
+    assert get(fake, "/photos/random").status_code == 403
+    assert fake.over_budget_calls == 1
+    # Renewed 0.3 s after the first call: the first call that gets through spends it again.
+    poll(lambda: get(fake, "/photos/random").status_code == 200, timeout=5, interval=0.1)
+    assert fake.rate_limit_remaining == 0
+
+
 def test_fail_with_counts_down_then_recovers(fake: FakeUnsplash) -> None:
     fake.fail_with(503, times=2)
     statuses = [get(fake, "/photos/random").status_code for _ in range(3)]

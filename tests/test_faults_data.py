@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from calo.budget import MemoryBudget
 from calo.clock import now_ms
 from calo.jobs import Job, Outcome
 from calo.sanitize import ALT_CAP, NAME_CAP
@@ -148,8 +149,8 @@ async def test_a_job_whose_outcome_the_store_keeps_refusing_fails_after_bounded_
     writer.start()
     source = UnstorableSource()
     pool = concurrent.futures.ThreadPoolExecutor(1)
-    scheduler = Scheduler(source=source, writer=writer, pool=pool, gate=UpstreamGate(1), batch=1,
-                          max_attempts=6, retry_window_ms=600_000)
+    scheduler = Scheduler(source=source, writer=writer, budget=MemoryBudget(), pool=pool, gate=UpstreamGate(1),
+                          batch=1, max_attempts=6, retry_window_ms=600_000)
     reader = database.reader()
     try:
         doomed = Job.new(0, now_ms())

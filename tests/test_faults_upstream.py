@@ -74,6 +74,11 @@ def test_sigterm_ends_within_the_grace_whatever_the_upstream_does(server_process
 
 @pytest.mark.parametrize("outage", ["503 for 4 s", "8 x 502", "resets for 3 s"])
 def test_parallel_failures_escalate_the_backoff_once_per_round(server_process, fake_unsplash, outage):
+    server = server_process("--unsplash-batch", "1", "--workers", "8", "--delay-min", "0", "--delay-max", "0.2",
+                            "--delay-step", "0.1")
+    # The first call ever goes alone, to learn the request budget (calo.budget); then 8 at once.
+    first = server.post("/jobs").json()["id"]
+    poll(lambda: job_doc(server, first)["status"] == "resolved", timeout=10)
     fake_unsplash.set_delay(0.5)  # the calls of one round overlap
     if outage == "503 for 4 s":
         fake_unsplash.fail_with(503, seconds=4)
@@ -81,8 +86,7 @@ def test_parallel_failures_escalate_the_backoff_once_per_round(server_process, f
         fake_unsplash.fail_with(502, times=8)
     else:
         fake_unsplash.drop_connections(seconds=3)
-    server = server_process("--unsplash-batch", "1", "--workers", "8", "--delay-min", "0", "--delay-max", "0.2",
-                            "--delay-step", "0.1")
+    fake_unsplash.clear_calls()
     started = time.monotonic()
     ids = [server.post("/jobs").json()["id"] for _ in range(8)]
     poll(lambda: fake_unsplash.photo_requests_count >= 8, timeout=10)

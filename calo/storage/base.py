@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from calo.jobs import FAILED, PENDING
 
 if TYPE_CHECKING:
+    from calo.budget import BudgetReport
     from calo.jobs import Job, Outcome
 
 __all__ = [
-    "CommitUnknown", "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable", "NotRetryable",
-    "NotStored", "RetriedBatch", "Storage", "StoreError", "StoredActivity", "WriterBusy", "WrongStatus",
+    "CallBudget", "CommitUnknown", "CreateResult", "DeletedBatch", "Event", "ExportReader", "NotCancellable",
+    "NotRetryable", "NotStored", "RetriedBatch", "Storage", "StoreError", "StoredActivity", "WriterBusy", "WrongStatus",
 ]
 
 # -- the values and errors every backend hands back (they cross the SQLite writer's pipe) --
@@ -149,6 +150,15 @@ class OutcomeWriter(Protocol):
     """What the scheduler needs of a storage: a place to apply outcomes."""
 
     def apply_outcomes(self, outcomes: list[Outcome]) -> asyncio.Future[list[str | NotStored | None]]: ...
+
+
+class CallBudget(Protocol):
+    """What the scheduler needs of a storage: the Unsplash budget, shared by every server
+    using it (calo.budget says how it is counted)."""
+
+    def reserve_calls(self, wanted: int, now: int) -> asyncio.Future[int]: ...
+
+    def release_calls(self, count: int, report: BudgetReport | None, now: int) -> asyncio.Future[None]: ...
 
 
 OnClaimed = Callable[[list[tuple[int, str]]], None]
@@ -313,6 +323,22 @@ class Storage(abc.ABC):
     def ping(self) -> asyncio.Future[None]:
         """Completes once a write has committed (the readiness check; SQLite rewrites a
         row, so that a full disk shows)."""
+
+    # -- the Unsplash budget (calo.budget): futures on the loop ---------------------------
+
+    @abc.abstractmethod
+    def reserve_calls(self, wanted: int, now: int) -> asyncio.Future[int]:
+        """Reserve up to `wanted` Unsplash calls at `now` (wall-clock ms) against the budget
+        every server shares; how many were granted (0 to `wanted`: each may start now).
+        Never raises through the future: a database that cannot be asked grants 0.
+        Each granted call is given back with `release_calls` once it is answered."""
+
+    @abc.abstractmethod
+    def release_calls(self, count: int, report: BudgetReport | None, now: int) -> asyncio.Future[None]:
+        """`count` reserved calls ended (answered, failed, or never started), at `now`
+        (wall-clock ms); `report`: what the answer said of the budget (None: nothing). Never
+        raises through the future: a release the database missed is made good later (with
+        PostgreSQL, at the next heartbeat), and meanwhile the calls still count as reserved."""
 
     # -- what only a shared database needs ------------------------------------------------
 

@@ -22,7 +22,14 @@ Owns the connections to PostgreSQL and what servers must agree on:
   if it dies its session ends and another takes the lock at its next heartbeat;
 - shared limits: `--max-pending` counts the pending jobs of the whole database (the sum
   of every server's `job_counts`, read at most every `PENDING_COUNT_TTL`); the Unsplash
-  rate-limit pause is one row (`shared_state`) every server reads at each heartbeat.
+  rate-limit pause is one row (`shared_state`) every server reads at each heartbeat; the
+  Unsplash budget (calo.budget) lives in that row too: each reservation and each release
+  reads the row and the calls every *live* server has reserved (`instances.calls_in_flight`:
+  a dead server's stop counting when its lease runs out, a stopped one's at once), and
+  writes the budget and this server's own count back in one statement that applies only
+  if the row's `budget_version` is unchanged (optimistic: no lock is held while a loaded
+  server's IOLoop turns). This server's count is held here and written whole, so
+  a write that failed is put right by the next one, or by the next heartbeat.
 
 Threads: IOLoop thread only, except `export_reader()`'s reader, which the exporter uses
 on its own thread with its own (blocking) connection.
@@ -36,13 +43,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
 
+from calo.budget import Budget, BudgetReport
 from calo.jobs import EVENT_FOR_STATUS, PENDING, RESOLVED, Job, Outcome
 from calo.storage import postgres_writer as ops
 from calo.storage.base import (
@@ -64,10 +72,12 @@ from calo.storage.postgres_writer import PostgresWriter, one_line
 from calo.tokens import random_token
 
 log = logging.getLogger("calo.storage")
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_SECONDS = 5
 STOP_STEP_SECONDS = 5.0  # stopping waits this long at most for the heartbeat, the hand-over, the pool
 POOL_TIMEOUT_SECONDS = 3.0  # a read waits this long for a connection, then fails (503)
+BUDGET_TRIES = 5  # budget writes that lost the race to another server's before giving up for now
 PENDING_COUNT_TTL = 1.0  # seconds a count of pending jobs is reused for --max-pending
 TAKEOVER_BATCH = 5000  # jobs taken over per heartbeat at most
 EXPORT_CHUNK = 2000
@@ -76,6 +86,20 @@ SHARDS = 64  # job_counts rows per status; each server writes one
 _LATENESS_MS = ("(extract(epoch FROM (job::json->>'resolved_at')::timestamptz)"
                 " - extract(epoch FROM (job::json->>'due_at')::timestamptz)) * 1000.0")
 
+
+# The shared budget, its version, and the calls the other live servers have reserved.
+_READ_BUDGET = (
+    "SELECT budget_remaining, budget_until, budget_version, (SELECT coalesce(sum(calls_in_flight), 0)"
+    " FROM instances WHERE id <> %s AND heartbeat_at >= now() - make_interval(secs => %s)) FROM shared_state"
+)
+# The budget and this server's reservations, written in one statement only if no other
+# server changed the budget (or reserved calls) since it was read; a row back if so.
+_WRITE_BUDGET = (
+    "WITH budget AS (UPDATE shared_state SET budget_remaining = %s, budget_until = %s,"
+    " budget_version = budget_version + 1 WHERE budget_version = %s RETURNING 1)"
+    " UPDATE instances SET calls_in_flight = %s WHERE id = %s AND EXISTS (SELECT 1 FROM budget) RETURNING 1"
+)
+_WRITE_RESERVED = "UPDATE instances SET calls_in_flight = %s WHERE id = %s"
 
 
 def _connect_options() -> dict[str, Any]:
@@ -120,6 +144,10 @@ class PostgresStorage(Storage):
         self._stopping = False
         self.rate_limited_until = 0
         self.last_heartbeat_error: str | None = None
+        self._calls_reserved = 0  # this server's Unsplash calls reserved, not yet answered (the truth)
+        self._budget_lock = asyncio.Lock()  # one budget transaction of this server at a time
+        self._budget_unsure = False  # a budget write failed: the row may not hold `_calls_reserved`
+        self._budget_tasks: set[asyncio.Task[Any]] = set()  # reservations and releases on their way
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -176,6 +204,8 @@ class PostgresStorage(Storage):
             clean = await self._writer.stop(timeout)
         if self._follower is not None:
             await self._follower.stop()
+        if self._budget_tasks:  # the last calls' releases, so that the budget keeps what they said
+            await asyncio.wait(list(self._budget_tasks), timeout=STOP_STEP_SECONDS)
         try:
             async with asyncio.timeout(STOP_STEP_SECONDS):
                 await self._leave()
@@ -192,7 +222,8 @@ class PostgresStorage(Storage):
         if conn is None:
             return
         try:
-            await conn.execute("UPDATE instances SET heartbeat_at = '-infinity' WHERE id = %s", (self.instance_id,))
+            await conn.execute("UPDATE instances SET heartbeat_at = '-infinity', calls_in_flight = 0 WHERE id = %s",
+                               (self.instance_id,))
         except psycopg.Error as exc:
             log.warning("could not hand this server's jobs over at stop (%s); others take them after the lease",
                         one_line(exc))
@@ -266,6 +297,8 @@ class PostgresStorage(Storage):
         if row and row[0] > self.rate_limited_until:
             self.rate_limited_until = row[0]
             self._on_rate_limit(row[0])
+        if self._budget_unsure and not self._budget_lock.locked():
+            await self._budget_transaction(lambda budget, reserved: 0)  # writes this server's count whole
         return taken
 
     async def _take_over(self, conn: psycopg.AsyncConnection) -> list[tuple[int, str]]:
@@ -306,6 +339,71 @@ class PostgresStorage(Storage):
                     "UPDATE shared_state SET rate_limited_until = greatest(rate_limited_until, %s)", (until_ms,))
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             log.warning("could not share the rate-limit pause with the other servers: %s", one_line(exc))
+
+    # -- the Unsplash budget: one shared row, each live server's reservations -------------
+
+    def reserve_calls(self, wanted: int, now: int) -> asyncio.Future[int]:
+        return self._budget_task(self._budget_transaction(lambda budget, reserved: budget.grant(wanted, reserved, now)))
+
+    def release_calls(self, count: int, report: BudgetReport | None, now: int) -> asyncio.Future[None]:
+        self._calls_reserved = max(0, self._calls_reserved - count)  # written with the next transaction
+
+        def learn(budget: Budget, reserved: int) -> int:
+            if report is not None:
+                budget.learn(report, now)
+            return 0
+
+        return self._budget_task(self._released(learn))
+
+    async def _released(self, learn: Callable[[Budget, int], int]) -> None:
+        await self._budget_transaction(learn)
+
+    def _budget_task(self, transaction: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run a budget transaction as a task that `stop` waits for (briefly)."""
+        task = asyncio.get_running_loop().create_task(transaction)
+        self._budget_tasks.add(task)
+        task.add_done_callback(self._budget_tasks.discard)
+        return task
+
+    async def _budget_transaction(self, decide: Callable[[Budget, int], int]) -> int:
+        """`decide(budget, calls reserved by every live server)` may change the budget, and
+        returns how many calls this server reserves now; the budget and this server's
+        whole count are written back. No lock is held across the round trips (a loaded
+        server would hold up every other's calls): the write applies only if the budget's
+        version is still the one read, else it is all done again (up to BUDGET_TRIES
+        times, then nothing is reserved and the scheduler asks again later). A release
+        that changes nothing shared writes only this server's count: another server that
+        read it a moment before counts a call too many, never one too few. A failure is
+        logged and reserves nothing (the next transaction, or heartbeat, writes the count)."""
+        async with self._budget_lock:
+            try:
+                for _ in range(BUDGET_TRIES):
+                    granted = await self._try_budget(decide)
+                    if granted is not None:
+                        self._calls_reserved += granted
+                        self._budget_unsure = False
+                        return granted
+            except psycopg.Error as exc:
+                if not self._budget_unsure:
+                    log.warning("could not use the shared Unsplash budget (no call starts meanwhile): %s",
+                                one_line(exc))
+                self._budget_unsure = True
+            return 0
+
+    async def _try_budget(self, decide: Callable[[Budget, int], int]) -> int | None:
+        """One read-decide-write round; None if another server wrote the budget meanwhile."""
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(_READ_BUDGET, (self.instance_id, self.lease))).fetchone()
+            assert row is not None
+            remaining, until, version, others = row
+            budget = Budget(remaining, until)
+            granted = decide(budget, others + self._calls_reserved)
+            if not granted and (budget.remaining, budget.until) == (remaining, until):
+                await conn.execute(_WRITE_RESERVED, (self._calls_reserved, self.instance_id))
+                return 0
+            cur = await conn.execute(_WRITE_BUDGET, (budget.remaining, budget.until, version,
+                                                     self._calls_reserved + granted, self.instance_id))
+            return granted if await cur.fetchone() is not None else None
 
     def _writer_reconnected(self) -> None:
         assert self._loop is not None

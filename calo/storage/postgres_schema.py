@@ -8,8 +8,11 @@ Owns every table of the PostgreSQL backend:
   commit order);
 - `job_counts`: jobs per status as per-server rows (`shard`), summed when read, so that
   no two servers' writes queue on the same counter row;
-- `instances`: the servers sharing the database and their heartbeats;
-- `shared_state`: one row of what every server must agree on (the Unsplash rate-limit pause);
+- `instances`: the servers sharing the database, their heartbeats, and the Unsplash calls
+  each has reserved and not yet seen answered (`calls_in_flight`);
+- `shared_state`: one row of what every server must agree on: the Unsplash rate-limit
+  pause, and the budget as last reported (`budget_remaining` until `budget_until`, see
+  calo.budget);
 - `calo_schema`: the schema version.
 
 Each migration runs in one transaction together with the version bump that records it
@@ -83,6 +86,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # that is due first) and the jobs it re-reads after a lost COMMIT answer, without a sort.
         "CREATE INDEX jobs_pending_by_claim_due ON jobs (claimed_by, due_at) WHERE status = 'pending'",
         "DROP INDEX jobs_pending_by_claim",
+    ),
+    (
+        # The Unsplash budget every server shares (calo.budget): the figure last reported,
+        # and each server's calls reserved and not yet answered (only live servers' count).
+        "ALTER TABLE shared_state ADD COLUMN budget_remaining integer,"  # NULL: none metered (or never known)
+        " ADD COLUMN budget_until bigint NOT NULL DEFAULT 0,"  # ms; trusted until then (0: never learned)
+        " ADD COLUMN budget_version bigint NOT NULL DEFAULT 0",  # bumped by every write that reserves or learns
+        "ALTER TABLE instances ADD COLUMN calls_in_flight integer NOT NULL DEFAULT 0",
     ),
 )
 

@@ -4,7 +4,8 @@ Owns putting the store's parts together behind `Storage`: the locked, migrated d
 (`sqlite_store.Database`), the writer in its own process (`sqlite_writer`) and the
 IOLoop's read connection. SQL and the group-committing writer live in `sqlite_store`.
 With one writer for the whole database, the events of its commits are the whole log in
-seq order, so `on_events` and `on_commit` receive the same events.
+seq order, so `on_events` and `on_commit` receive the same events. The Unsplash budget
+is this server's alone, held in memory (calo.budget.MemoryBudget).
 
 Threads: IOLoop thread only (reads are indexed queries on a local file in WAL mode: they
 never wait for the writer); `export_reader()` is called on the exporter's thread.
@@ -18,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from calo.budget import BudgetReport, MemoryBudget
 from calo.jobs import PENDING, Job, Outcome
 from calo.storage.base import (
     CreateResult,
@@ -46,6 +48,7 @@ class SqliteStorage(Storage):
         self._database: Database | None = None
         self._reader: Reader | None = None
         self._writer: WriterProcess | None = None
+        self._budget = MemoryBudget()  # one server: its own calls are all the calls
 
     @property
     def path(self) -> str:
@@ -198,3 +201,11 @@ class SqliteStorage(Storage):
 
     def ping(self) -> asyncio.Future[None]:
         return self._write.ping()
+
+    # -- the Unsplash budget: in memory -------------------------------------------------
+
+    def reserve_calls(self, wanted: int, now: int) -> asyncio.Future[int]:
+        return self._budget.reserve_calls(wanted, now)
+
+    def release_calls(self, count: int, report: BudgetReport | None, now: int) -> asyncio.Future[None]:
+        return self._budget.release_calls(count, report, now)

@@ -19,7 +19,8 @@ not counted (Unsplash does not charge for its own 5xx, nor for a refused connect
 The `Budget` value is held by the storage (calo.storage.base `reserve_calls`,
 `release_calls`): in memory with SQLite (`MemoryBudget`, one server), in a shared row with
 each live server's reservations with PostgreSQL (calo.storage.postgres), which runs the
-same arithmetic under the row's lock.
+same arithmetic on the row as read and writes it back only if the row's version is
+unchanged meanwhile (else it reads and decides again; no lock is held across the decision).
 
 Threads: plain values; `MemoryBudget` on the IOLoop thread only.
 Must never: do I/O, know about jobs, or know which backend holds the budget.

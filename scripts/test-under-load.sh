@@ -16,8 +16,9 @@ trap 'kill "$hog" 2>/dev/null' EXIT
 failed=0
 for n in $(seq "$runs"); do
   log=$(mktemp)
-  .venv/bin/python -m pytest -q -p no:randomly "$@" >"$log" 2>&1 || failed=1
+  rc=0
+  .venv/bin/python -m pytest -q -p no:randomly "$@" >"$log" 2>&1 || rc=$?
   echo "run $n of $runs ($(date +%T)): $(tail -1 "$log")"
-  [ "$failed" = 0 ] || echo "  log: $log"
+  if [ "$rc" != 0 ]; then failed=1; echo "  log: $log"; fi
 done
 exit "$failed"

@@ -270,6 +270,8 @@ def test_list_renders_one_page_at_a_time_and_load_more_adds_the_next(server_proc
     with requests.Session() as session:
         created = [session.post(server.url + "/jobs", timeout=10).json()["id"] for _ in range(250)]
 
+    console: list[str] = []  # what the page said, for the message if a page never comes (seen once under load)
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     open_dashboard(page, server)
     items = page.get_by_test_id("job-item")
     load_more = page.get_by_test_id("load-more")
@@ -281,6 +283,10 @@ def test_list_renders_one_page_at_a_time_and_load_more_adds_the_next(server_proc
     expect(items).to_have_count(200, timeout=WAIT_MS)
     assert set(shown_ids(page)) == set(created[-200:])
     load_more.click()
-    expect(items).to_have_count(250, timeout=WAIT_MS)
+    try:
+        expect(items).to_have_count(250, timeout=WAIT_MS)
+    except AssertionError as exc:
+        toasts = page.get_by_test_id("toast").all_text_contents()
+        raise AssertionError(f"{exc}\ntoasts: {toasts}\nconsole: {console[-20:]}\nlog: {server.lines[-20:]}") from None
     expect(load_more).to_be_hidden()
     assert sorted(shown_ids(page)) == sorted(created)

@@ -224,6 +224,7 @@ class Load:
         self.url = url
         self.answers: list[tuple[str, int | None, str | None, float]] = []  # key, status, code, seconds
         self.errors: list[tuple[str, str]] = []
+        self.in_flight = 0  # requests sent and not yet answered
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
@@ -249,6 +250,8 @@ class Load:
                 return
             key = f"load-{number}-{n}"
             started = time.monotonic()
+            with self._lock:
+                self.in_flight += 1
             try:
                 response = session.post(self.url + "/jobs", headers={"Idempotency-Key": key}, timeout=30)
             except requests.ConnectionError as exc:
@@ -258,6 +261,9 @@ class Load:
                     return  # the server stopped listening: nothing more to send
                 time.sleep(0.05)
                 continue
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
             with self._lock:
                 self.answers.append((key, response.status_code, error_code(response), time.monotonic() - started))
 
@@ -331,10 +337,14 @@ def _length(data: bytes) -> int:
 
 
 def test_killing_the_writer_under_load_never_says_not_stored_of_a_stored_job(server_process, data_dir):
-    server = server_process(*LONG_DELAYS, fast=False)
+    server = server_process(*LONG_DELAYS, fast=False, env={"CALO_WRITE_TIMEOUT": "30"})
     writer = server.writer_pid()
     with Load(server.url, threads=16) as load:
         poll(lambda: load.count(201) >= 200, timeout=30)
+        # Stopped first, so that requests are surely waiting on it when it dies (killed at
+        # a quiet instant, no answer would be "may be stored" and the test would prove less).
+        os.kill(writer, signal.SIGSTOP)
+        poll(lambda: load.in_flight >= 8, timeout=20)
         os.kill(writer, signal.SIGKILL)
         assert server.process.wait(20) == 1
     assert any(a[2] in ("commit_unknown", "storage_unavailable") for a in load.answers)

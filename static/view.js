@@ -116,13 +116,41 @@ export class ListView {
     this.retry = retry;
     this.cards = new Map(); // key → {li, a, rev, status, tick}
     this.onScreen = new Set();
+    // Cards far from the screen are not laid out (content-visibility: auto in the CSS) and
+    // hold an estimated height until they are. The estimate is what the cards on screen
+    // measure, so scrolling down does not move what lies below them (the Load more button
+    // under the pointer jumped by a few hundred pixels with a fixed guess).
+    this.sizer = 'ResizeObserver' in window ? new ResizeObserver((entries) => this.estimateCardSize(entries)) : null;
     this.io = 'IntersectionObserver' in window
       ? new IntersectionObserver((items) => {
         for (const it of items) {
-          if (it.isIntersecting) { this.onScreen.add(it.target); it.target._tick?.(); } else this.onScreen.delete(it.target);
+          if (it.isIntersecting) {
+            this.onScreen.add(it.target);
+            this.sizer?.observe(it.target);
+            it.target._tick?.();
+          } else this.forget(it.target);
         }
       }, { rootMargin: '200px 0px' })
       : null;
+  }
+
+  forget(li) {
+    this.onScreen.delete(li);
+    this.sizer?.unobserve(li);
+  }
+
+  /** The height a card not yet laid out stands in with: the median of cards just measured. */
+  estimateCardSize(entries) {
+    const heights = entries
+      .filter((e) => e.target.isConnected && (e.target.checkVisibility?.({ contentVisibilityAuto: true }) ?? true))
+      .map((e) => e.borderBoxSize?.[0]?.blockSize ?? e.contentRect.height)
+      .filter((height) => height > 0)
+      .sort((a, b) => a - b);
+    if (!heights.length) return;
+    const estimate = `${heights[heights.length >> 1]}px`;
+    if (this.list.style.getPropertyValue('--card-block-size') !== estimate) {
+      this.list.style.setProperty('--card-block-size', estimate);
+    }
   }
 
   /** Called every second: refresh countdowns and relative times on screen. */
@@ -155,7 +183,7 @@ export class ListView {
       desired.push(this.jobCard(key, e, fresh).li);
     }
     for (const [key, c] of this.cards) {
-      if (!keep.has(key)) { this.io?.unobserve(c.li); this.onScreen.delete(c.li); this.cards.delete(key); }
+      if (!keep.has(key)) { this.io?.unobserve(c.li); this.forget(c.li); this.cards.delete(key); }
     }
     reconcile(this.list, desired);
 

@@ -66,15 +66,17 @@ async def wait_until(
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-def poll(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05):
-    """Blocking twin of `wait_until`, for tests that drive a server process."""
+def poll(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
+         describe: Callable[[], str] | None = None):
+    """Blocking twin of `wait_until`, for tests that drive a server process. `describe`:
+    what to add to the AssertionError on timeout (e.g. the server's log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+    raise AssertionError(f"condition not met within {timeout} s" + (":\n" + describe() if describe else ""))
 
 
 # -- Calo Jobs in-process ------------------------------------------------------------------

@@ -57,11 +57,12 @@ def _seconds(text: str) -> float:
     return value
 
 
-MIN_INTERVAL = 0.1  # seconds; a timeout or lease below this would make a timer spin
+MIN_INTERVAL = 0.1  # seconds; a timeout, lease or pause below this would make a timer spin
 
 
 def _interval(text: str) -> float:
-    """Seconds for a timeout or a lease, which set how often a timer runs: 0.1 or more."""
+    """Seconds for a timeout, a lease or a pause, which set how often a timer (or a retry)
+    runs: 0.1 or more."""
     value = _seconds(text)
     if value < MIN_INTERVAL:
         raise ValueError(f"must be {MIN_INTERVAL} seconds or more")
@@ -181,7 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds after a job is due during which failed fetches are retried"),
     Setting("unsplash_timeout", "--unsplash-timeout", ("CALO_UNSPLASH_TIMEOUT",), _interval, 10.0,
             "seconds one whole Unsplash call may take (connect, headers and body); a slower one is cut off"),
-    Setting("rate_limit_pause", "--rate-limit-pause", ("CALO_RATE_LIMIT_PAUSE",), _seconds, 3600.0,
+    Setting("rate_limit_pause", "--rate-limit-pause", ("CALO_RATE_LIMIT_PAUSE",), _interval, 3600.0,
             "seconds all Unsplash calls pause once the request budget is spent"),
     Setting("max_pending", "--max-pending", ("CALO_MAX_PENDING",), _positive_int, 100_000,
             "pending jobs at most; past it POST /jobs answers 503"),

@@ -98,6 +98,8 @@ def test_bad_settings_exit_nonzero_with_one_line_naming_the_setting(tmp_path):
         (["--client-timeout", "0"], {}, "--client-timeout"),  # a sweep every 0 s: a core spinning
         ([], {"CALO_INSTANCE_LEASE": "0.01"}, "CALO_INSTANCE_LEASE"),
         (["--unsplash-timeout", "0"], {}, "--unsplash-timeout"),
+        (["--rate-limit-pause", "0"], {}, "--rate-limit-pause"),  # rate-limited calls retried at once
+        ([], {"CALO_RATE_LIMIT_PAUSE": "0.05"}, "CALO_RATE_LIMIT_PAUSE"),
     ]
     for flags, env, named in cases:
         result = run_server(*flags, env={"CALO_DATA_DIR": str(tmp_path / "d"), **env})

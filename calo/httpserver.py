@@ -156,7 +156,6 @@ class GuardedHTTPServer(HTTPServer):
         self._request_timeout = request_timeout
         self._max_connections = max_connections
         self.open_connections = 0  # accepted and not yet closed, WebSockets included
-        self.refused_connections = 0  # answered 503 at the cap
         self._waiting: dict[Any, float] = {}  # connection -> deadline for its next request
         self.answering: set[Any] = set()  # connections whose request arrived and is being answered
         self.draining = False
@@ -231,7 +230,6 @@ class GuardedHTTPServer(HTTPServer):
         """Answer 503 and close, without reading the request: it costs one descriptor
         for microseconds. Whatever of the request already arrived is read first, so
         that closing sends a FIN rather than a reset that could overtake the answer."""
-        self.refused_connections += 1
         log.warning("connection refused: %d connections open, the most --max-connections allows",
                     self.open_connections)
         connection.setblocking(False)

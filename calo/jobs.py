@@ -24,7 +24,6 @@ RESOLVED = "resolved"
 FAILED = "failed"
 CANCELLED = "cancelled"
 STATUSES = (PENDING, RESOLVED, FAILED, CANCELLED)
-SETTLED = (RESOLVED, FAILED, CANCELLED)  # a job in one of these is never run again
 
 # Event types, one per kind of change; the event log and the WebSocket use these names.
 CREATED = "job.created"

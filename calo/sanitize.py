@@ -38,7 +38,7 @@ _SPACING_CONTROLS = re.compile(r"[\t\n\v\f\r\x1c-\x1f\x85\u2028\u2029]")  # sepa
 _OTHER_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")  # meaningless in text: dropped
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\ufffd]")
 _COLOR = re.compile(r"#[0-9a-fA-F]{6}")
-_BLUR_HASH = re.compile(r"[0-9A-Za-z#$%*+,\-.:;=?@\[\]^_{|}~]{6,200}")
+_BLUR_HASH = re.compile(r"[0-9A-Za-z#$%*+,\-.:;=?@\[\]^_{|}~]{6," + str(BLUR_HASH_CAP) + "}")
 
 
 def valid_unicode(text: str) -> str:

@@ -101,7 +101,6 @@ class Activity:
         self._clock = clock
         self._rng = rng or random.Random()
         self._minutes: dict[int, _Minute] = {}
-        self.seeded = False
 
     def observe(self, events: Iterable[Event]) -> None:
         """IOLoop thread, after a commit: count its events in the current minute."""
@@ -168,7 +167,6 @@ class Activity:
                 minute.late_count += count - min(count, SAMPLES)
                 minute.late_max = max(minute.late_max, max_late)
                 minute.summary = None
-        self.seeded = True
 
 
 class StatsReport:

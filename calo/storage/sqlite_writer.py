@@ -123,17 +123,9 @@ class WriterProcess(WriteRequests):
         self._requests_fd = self._results_fd = -1
         self._sweep_handle: asyncio.TimerHandle | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     def alive(self) -> bool:
         """Is the child running (or at least not yet reaped)?"""
         return self._process is not None and self._process.poll() is None
-
-    def outstanding(self) -> int:
-        """Requests not yet answered (for /metrics and tests)."""
-        return len(self._waiting)
 
     # -- start and stop ----------------------------------------------------------------------
 

@@ -188,6 +188,8 @@ class LiveCollector:
                                 "its writer process died, and the server exits for systemd to restart it; "
                                 "PostgreSQL: it is unreachable, and the server reconnects by itself)",
                                 value=0 if self._storage.write_failure else 1)
+        yield GaugeMetricFamily("calo_writes_waiting", "Writes handed to the database and not yet answered "
+                                "(grows while the disk or the database stalls)", value=self._storage.writes_waiting)
 
     def _jobs(self) -> Metric:
         counts = self._health.counts  # refreshed by the handler just before

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from websockets.sync.client import connect as ws_connect
 
@@ -408,6 +409,35 @@ class WriterUnderTest:
     def run_all(self, awaitables: list[Awaitable[Any]], timeout: float = 10.0) -> list[Any]:
         """Run the loop until all are done; each result, or the exception it raised."""
         return self.run(asyncio.gather(*awaitables, return_exceptions=True), timeout)
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Prometheus text parsed by prometheus_client's own parser: {(sample, labels): value}."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(server: ServerProcess) -> Samples:
+    """A server process's /metrics (200, text/plain), parsed."""
+    response = server.get("/metrics")
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    return metric_samples(response.text)
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; AssertionError if there is no such sample."""
+    key = (name, frozenset(labels.items()))
+    if key not in samples:
+        raise AssertionError(f"no sample {name} {labels} in /metrics")
+    return samples[key]
 
 
 # -- a server's live feed, read on a thread ------------------------------------------------

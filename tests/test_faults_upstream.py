@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.helpers import poll
+from tests.helpers import poll, scrape, value
 
 SLOW = 0.4  # seconds between two trickled bytes: slower than any answer, faster than any read timeout
 
@@ -25,14 +25,6 @@ def job_doc(server, job_id):
 
 def upstream(server):
     return server.get("/readyz").json()["checks"]["upstream"]
-
-
-def metric(server, name, **labels):
-    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in server.get("/metrics").text.splitlines():
-        if line.startswith(wanted + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 # -- a hard deadline on the whole call ---------------------------------------------------
@@ -118,7 +110,7 @@ def test_a_rate_limit_is_recognised_by_status_and_headers_and_never_fails_a_job(
     for job in (job_doc(server, i) for i in ids):
         assert job["status"] == "pending" and job["attempts"] == 0, job  # waiting is no try
     assert upstream(server)["state"] == "rate_limited"
-    assert metric(server, "calo_upstream_state", state="rate_limited") == 1
+    assert value(scrape(server), "calo_upstream_state", state="rate_limited") == 1
 
 
 REFUSED_ANSWERS = [
@@ -139,8 +131,8 @@ def test_a_refused_key_fails_jobs_and_shows_upstream_rejected_until_a_call_works
     assert job_doc(server, job_id)["error"]["code"] == code
     state = upstream(server)
     assert state["state"] == "rejected" and state["since"].endswith("Z") and state["reason"], state
-    assert metric(server, "calo_upstream_state", state="rejected") == 1
-    assert metric(server, "calo_upstream_state", state="ok") == 0
+    assert value(scrape(server), "calo_upstream_state", state="rejected") == 1
+    assert value(scrape(server), "calo_upstream_state", state="ok") == 0
     assert server.get("/readyz").status_code == 200  # the key is the operator's to mend, not a restart's
     fake_unsplash.clear_faults()
     next_id = server.post("/jobs").json()["id"]

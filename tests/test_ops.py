@@ -11,31 +11,25 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from calo.clock import now_ms
 from calo.jobs import Job, Outcome
 from calo.storage.sqlite_store import MIGRATIONS, Database
 from tests.fake_unsplash import FakeUnsplash
-from tests.helpers import WriterUnderTest, all_jobs, create_jobs, poll, raw_websocket_that_never_reads, wait_until
+from tests.helpers import (
+    WriterUnderTest,
+    all_jobs,
+    create_jobs,
+    metric_samples,
+    poll,
+    raw_websocket_that_never_reads,
+    scrape,
+    value,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from calo.storage.base import DeletedBatch
-
-
-def scrape(server) -> dict[tuple[str, frozenset], float]:
-    """/metrics parsed by prometheus_client's own parser: {(sample, labels): value}."""
-    response = server.get("/metrics")
-    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples, name, **labels):
-    return samples.get((name, frozenset(labels.items())))
 
 
 def access_lines(server, path):
@@ -178,8 +172,7 @@ async def test_a_wal_checkpoint_runs_on_the_writer_and_truncates_the_wal(http_se
         return task.last_ok and os.path.getsize(wal) == 0
 
     await wait_until(truncated)
-    samples = {(s.name, frozenset(s.labels.items())): s.value
-               for f in text_string_to_metric_families(calo.metrics.render("")[0].decode()) for s in f.samples}
+    samples = metric_samples(calo.metrics.render("")[0].decode())
     assert value(samples, "calo_upkeep_last_run_ok", task="checkpoint_wal") == 1
 
 

@@ -5,11 +5,13 @@ tests/postgres.py; every test has a database of its own."""
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import psycopg
 import pytest
 
 from calo.storage.postgres_schema import MIGRATIONS
-from tests.helpers import EventStream, poll
+from tests.helpers import EventStream, poll, scrape, value
 
 
 def settled(server, ids, timeout=15.0):
@@ -37,6 +39,19 @@ def test_jobs_are_created_resolved_and_listed_from_postgresql(server_process, da
         assert counts == {"pending": 0, "resolved": 5}
         seqs = [row[0] for row in conn.execute("SELECT seq FROM events ORDER BY seq")]
         assert seqs == list(range(1, 11))  # created and resolved, gap-free
+
+
+def test_writes_waiting_on_a_stalled_database_show_in_metrics(server_process, database_url):
+    server = server_process("--database-url", database_url, "--delay-min", "300", "--delay-max", "300")
+    assert value(scrape(server), "calo_writes_waiting") == 0
+    with psycopg.connect(database_url) as conn, concurrent.futures.ThreadPoolExecutor(4) as clients:
+        # SHARE mode: inserts into jobs wait (as behind a stalled disk), reads go on.
+        conn.execute("LOCK TABLE jobs IN SHARE MODE")
+        posts = [clients.submit(server.post, "/jobs") for _ in range(4)]
+        poll(lambda: value(scrape(server), "calo_writes_waiting") >= 1)
+        conn.rollback()
+        assert [post.result().status_code for post in posts] == [201] * 4
+    poll(lambda: value(scrape(server), "calo_writes_waiting") == 0)
 
 
 def test_an_acknowledged_job_survives_a_kill_and_runs_after_the_restart(server_process, database_url):
@@ -96,3 +111,4 @@ def test_postgresql_restarting_answers_503_then_recovers_by_itself(server_proces
     assert seqs == list(range(1, len(seqs) + 1))
     poll(lambda: [seq for seq, _, _ in stream.events] == seqs, 10)  # gap-free, in order, across the outage
     stream.close()
+    assert value(scrape(server), "calo_writes_waiting") == 0  # failed writes are counted out too

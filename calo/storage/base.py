@@ -347,6 +347,12 @@ class Storage(abc.ABC):
     def write_failure(self) -> str | None:
         """Why writes fail now (one line), or None while they work."""
 
+    @property
+    @abc.abstractmethod
+    def writes_waiting(self) -> int:
+        """Writes handed to the database and not yet answered: a few at most while it keeps
+        up; it grows while the disk or the database stalls (/metrics shows it)."""
+
     def describe(self) -> dict[str, object]:
         """Backend facts for /readyz's database check (beyond ok and write_ms)."""
         return {"backend": self.name}

@@ -239,6 +239,10 @@ class PostgresStorage(Storage):
     def write_failure(self) -> str | None:
         return self._writer.last_error if self._writer is not None else "not started"
 
+    @property
+    def writes_waiting(self) -> int:
+        return self._writer.writes_waiting if self._writer is not None else 0
+
     def export_reader(self) -> PostgresExportReader:
         return PostgresExportReader(self._url)
 

@@ -129,6 +129,7 @@ class PostgresWriter:
         self._ambiguous = False  # a COMMIT's answer was lost: on_reconnect once reconnected
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None  # why the last group failed to reach the database
+        self.writes_waiting = 0  # submitted, future not yet done
 
     async def start(self) -> None:
         """Connect (raises StoreError) and start committing."""
@@ -162,7 +163,12 @@ class PostgresWriter:
             future.set_exception(StoreError("the PostgreSQL writer is not running"))
         else:
             self._queue.put_nowait(_Op(fn, future, new_job))
+            self.writes_waiting += 1
+            future.add_done_callback(self._answered)
         return future
+
+    def _answered(self, future: asyncio.Future[Any]) -> None:
+        self.writes_waiting -= 1
 
     async def _connect(self) -> psycopg.AsyncConnection:
         try:

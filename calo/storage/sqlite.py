@@ -90,6 +90,10 @@ class SqliteStorage(Storage):
     def write_failure(self) -> str | None:
         return self._writer.failure if self._writer is not None else "not started"
 
+    @property
+    def writes_waiting(self) -> int:
+        return self._writer.writes_waiting if self._writer is not None else 0
+
     def export_reader(self) -> ExportReader:
         assert self._database is not None
         return self._database.reader()

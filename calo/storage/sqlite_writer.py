@@ -127,6 +127,11 @@ class WriterProcess(WriteRequests):
         """Is the child running (or at least not yet reaped)?"""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def writes_waiting(self) -> int:
+        """Requests sent or buffered and not yet answered."""
+        return len(self._waiting)
+
     # -- start and stop ----------------------------------------------------------------------
 
     @property
